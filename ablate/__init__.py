@@ -1,0 +1,3 @@
+"""ablate: ablation studies, sweeps, statistics and mask analysis for ResMaskingNet."""
+
+__version__ = "0.1.0"
