@@ -11,6 +11,10 @@ import sys
 COMMAND_MODULES = [
     "models",
     "demo",
+    "study",
+    "train",
+    "evaluate",
+    "bench",
 ]
 
 

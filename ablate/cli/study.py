@@ -1,0 +1,162 @@
+"""`ablate run | worker | status | summarize | ui`: studies as Optuna sweeps tracked in MLflow."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _common(p: argparse.ArgumentParser, storage_default: bool = True) -> None:
+    p.add_argument("study", help="a study file, or a name in studies/ (e.g. quickstart)")
+    p.add_argument("--out", help="output folder (default: runs/<study>)")
+    p.add_argument("--storage", help="Optuna storage: a journal file path (default runs/<study>/optuna.journal) "
+                                     "or postgresql://user@host/db for many machines")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///runs/<study>/mlflow.db)")
+    p.add_argument("--tiny", action="store_true", help="run the study shrunk to seconds (for trying it out)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a study (creates storage, MLflow parent run, local workers)")
+    _common(p)
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1: in this process)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if present)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-summary", action="store_true")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("worker", help="join a running study from this machine / GPU")
+    _common(p)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-trials", type=int)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_worker)
+    p = sub.add_parser("status", help="trials and MLflow runs of a study, and the grid cells still missing")
+    _common(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("summarize", help="the ablation table: means, CIs, paired differences, McNemar + Holm")
+    _common(p)
+    p.add_argument("--metric", default="test_acc")
+    p.add_argument("--markdown", action="store_true")
+    p.set_defaults(func=cmd_summarize)
+    p = sub.add_parser("ui", help="open the MLflow UI for a study's store (127.0.0.1)")
+    _common(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_ui)
+
+
+def session_from(args: argparse.Namespace):
+    from ablate.runner import Paths, Session
+    from ablate.study import load_study
+
+    study = load_study(args.study)
+    if getattr(args, "tiny", False):
+        study = study.with_tiny()
+    paths = Paths.for_study(study, args.out)
+    storage = args.storage or str(paths.journal)
+    tracking = args.tracking_uri
+    if tracking is None:
+        if storage.startswith("postgresql"):
+            raise ValueError("with a shared --storage, pass a shared --tracking-uri too (e.g. a PostgreSQL "
+                             "database of its own, or an MLflow server), so every machine tracks into one store")
+        tracking = paths.tracking_uri
+    device = getattr(args, "device", "cpu")
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    threads = os.environ.get("ABLATE_TORCH_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    return Session(study=study, storage_url=storage, tracking_uri=tracking, paths=paths, device=device,
+                   progress=not getattr(args, "no_progress", False))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ablate.runner import prepare, spawn_workers, work
+
+    session = session_from(args)
+    study = session.study
+    print(f"study {study.name}: {study.mode}, "
+          + (f"{len(study.variants)} variants x {len(study.seeds)} seeds = {len(study.cells)} cells"
+             if study.mode == "grid" else f"{study.search['n_trials']} trials")
+          + f"\n  output   {session.paths.root}\n  optuna   {session.storage_url}\n  mlflow   {session.tracking_uri}")
+    prepare(session)
+    if args.workers > 1:
+        rc = spawn_workers(args.study, args.workers, session)
+        if rc:
+            print(f"a worker exited with status {rc}", file=sys.stderr)
+    else:
+        work(session)
+    _print_status(session)
+    if not args.no_summary:
+        cmd_summarize(argparse.Namespace(**{**vars(args), "metric": "test_acc", "markdown": False}))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from ablate.runner import work
+
+    session = session_from(args)
+    n = work(session, max_trials=args.max_trials)
+    print(f"worker done: {n} trial(s) run")
+    return 0
+
+
+def _print_status(session) -> dict:
+    from ablate.runner import status
+
+    st = status(session)
+    line = f"trials: {st['trials']}"
+    if "cells" in st:
+        line += f"; grid cells complete {st['cells_complete']}/{st['cells']}"
+    if "mlflow_runs" in st:
+        line += f"; MLflow trial runs: {st['mlflow_runs']}"
+    print(line)
+    if st.get("cells_missing"):
+        print(f"missing cells: {', '.join(st['cells_missing'])}  (rerun `ablate run` to finish them)")
+    return st
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    session = session_from(args)
+    if args.json:
+        from ablate.runner import status
+
+        print(json.dumps(status(session), indent=2))
+    else:
+        _print_status(session)
+    return 0
+
+
+def cmd_summarize(args: argparse.Namespace) -> int:
+    from ablate import stats
+    from ablate.summary import format_summary, summarize
+
+    session = session_from(args)
+    result = summarize(session, metric=args.metric)
+    if args.markdown and "table" in result:
+        print(stats.to_markdown(result["table"], metric_label=args.metric.replace("_", " ")))
+    else:
+        print(format_summary(session.study.name, result, args.metric))
+    out = session.paths.root / "summary.csv"
+    if "table" in result:
+        result["table"].to_csv(out, index=False)
+        print(f"\nsummary table: {out}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    session = session_from(args)
+    if not Path(session.paths.root).exists() and session.tracking_uri.startswith("sqlite"):
+        raise FileNotFoundError(f"no study output at {session.paths.root}; run `ablate run {args.study}` first")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", session.tracking_uri,
+           "--host", args.host, "--port", str(args.port)]
+    print(f"MLflow UI for {session.study.name}: http://{args.host}:{args.port}  (Ctrl-C to stop)")
+    os.execv(sys.executable, cmd)
+    return 0

@@ -1,0 +1,100 @@
+"""Study files: every shipped study parses; bad files are refused naming the key and the nearest name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ablate.study import StudyError, load_study, parse_study
+
+STUDIES = sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.yaml"))
+
+GOOD = {
+    "name": "s",
+    "base": {"model": "resmasknet_tiny", "data": "generated:n=140"},
+    "variants": {"on": {}, "off": {"masks.enabled": False}},
+    "baseline": "off",
+    "seeds": [0, 1],
+}
+
+
+def bad(**changes):
+    raw = yaml.safe_load(yaml.safe_dump(GOOD))
+    for key, value in changes.items():
+        node = raw
+        parts = key.split("/")
+        for p in parts[:-1]:
+            node = node[p]
+        if value is KeyError:
+            del node[parts[-1]]
+        else:
+            node[parts[-1]] = value
+    return raw
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])
+def test_shipped_studies_parse(path):
+    study = load_study(path)
+    # each shipped study has a name matching its file and, in a grid, every variant x every seed
+    assert study.name == path.stem
+    if study.mode == "grid":
+        assert len(study.cells) == len(study.variants) * len(study.seeds)
+        assert study.baseline in [v.name for v in study.variants]
+
+
+def test_good_study_cells_are_paired_by_seed():
+    study = parse_study(GOOD)
+    # the same seeds for every variant
+    assert study.cells == [("on", 0), ("on", 1), ("off", 0), ("off", 1)]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"variantz": {}}, "unknown key 'variantz'.*did you mean 'variants'"),
+    ({"base/modle": "x"}, "unknown key 'modle' in base.*did you mean 'model'"),
+    ({"base/model": "resmasknet_cpv"}, "did you mean 'resmasknet_cpu'"),
+    ({"variants": {"on": {"mask2.activaton": "sigmoid"}}}, "mask2.activaton"),
+    ({"variants": {"on": {"mask2.activation": "relu"}}}, "variants.on: mask2.activation='relu'"),
+    ({"variants": {"on": {"train.lrr": 0.1}}}, "train.lrr.*did you mean 'train.lr'"),
+    ({"baseline": "nope"}, "baseline 'nope' is not a variant"),
+    ({"seeds": []}, "seeds must be a non-empty list"),
+    ({"seeds": [1, 1]}, "repeats"),
+    ({"mode": "sweep"}, "mode 'sweep'"),
+    ({"seeds": KeyError}, "missing required key 'seeds'"),
+    ({"objectives": [{"metric": "f1"}]}, "objectives\\[0\\].metric='f1'"),
+])
+def test_bad_study_files_are_refused(changes, message):
+    # the error names the file, the key and, for a typo, the nearest valid name
+    with pytest.raises(StudyError, match=message):
+        parse_study(bad(**changes), "bad.yaml")
+
+
+def test_search_study_validation():
+    raw = {"name": "s", "mode": "search", "base": {"model": "resmasknet_tiny"}, "seeds": [0],
+           "search": {"space": {"mask1.depth": {"int": [1, 9]}}}}
+    # a search range that leaves the allowed depths is refused when the study is read
+    with pytest.raises(StudyError, match="mask1.depth"):
+        parse_study(raw)
+    raw["search"]["space"] = {"mask1.depth": {"int": [1, 2]}}
+    raw["objectives"] = ["val_acc", "params"]
+    raw["search"]["pruner"] = "median"
+    # multi-objective studies cannot prune
+    with pytest.raises(StudyError, match="pruning needs a single objective"):
+        parse_study(raw)
+
+
+def test_unset_data_variable_is_named(monkeypatch):
+    monkeypatch.delenv("FER2013", raising=False)
+    study = load_study("fer_per_stage")
+    # a study on FER2013 says which variable to set
+    with pytest.raises(StudyError, match="FER2013 is not set"):
+        study.resolved("data")
+
+
+def test_yaml_errors_name_the_file(tmp_path):
+    p = tmp_path / "broken.yaml"
+    p.write_text("name: [unclosed\n")
+    # malformed YAML is refused with the file named
+    with pytest.raises(StudyError, match="broken.yaml: not valid YAML"):
+        load_study(p)
