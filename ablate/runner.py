@@ -170,12 +170,12 @@ def maintain(session: Session, ostudy: optuna.Study, tracker: Tracker | None = N
         trials = ostudy.get_trials(deepcopy=False)
         for t in trials:
             if t.state == TrialState.RUNNING and is_stale(t):
-                try:
+                try:  # the reason first: a finished trial takes no more attributes
+                    storage.set_trial_user_attr(t._trial_id, "fail_reason", "stale: worker gone or heartbeat lost")
                     if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL) is False:
                         continue
                 except optuna.exceptions.UpdateFinishedTrialError:
                     continue
-                storage.set_trial_user_attr(t._trial_id, "fail_reason", "stale: worker gone or heartbeat lost")
                 failed += 1
                 run_id = t.user_attrs.get("mlflow_run_id")
                 if run_id and tracker is not None:

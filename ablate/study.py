@@ -230,6 +230,10 @@ def parse_study(raw: dict[str, Any], path: str = "<study>") -> Study:
         if "variants" in raw:
             if not isinstance(raw["variants"], dict) or not raw["variants"]:
                 raise StudyError(f"{path}: variants must be a non-empty mapping NAME: {{KEY: VALUE}}")
+            for k in raw["variants"]:
+                if not isinstance(k, str):
+                    raise StudyError(f"{path}: variant name {k!r} is not a string (YAML reads on/off/yes/no as "
+                                     f"booleans): quote it, e.g. \"{str(k).lower()}\":")
             items = [(str(k), v or {}) for k, v in raw["variants"].items()]
         elif "factors" in raw:
             factors = raw["factors"]

@@ -1,0 +1,172 @@
+"""Running studies: no cell run twice or lost, with parallel workers, a SIGKILL mid-trial, restarts,
+and PostgreSQL across worker processes; the Optuna and MLflow counts agree after each."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ablate.cli import main
+from ablate.runner import Paths, Session, load_optuna_study, status
+
+STUDY = {
+    "name": "faults",
+    "base": {"model": "resmasknet_tiny", "data": "generated:n=140,seed=0",
+             "overrides": {"base_width": 4},
+             "train": {"epochs": 1, "max_train_batches": 3, "batch_size": 16, "optimizer": "adamw",
+                       "lr": 0.003, "scheduler": "none"}},
+    "variants": {"on": {}, "off": {"masks.enabled": False}},
+    "baseline": "off",
+    "seeds": [0, 1],
+}
+
+
+def write_study(tmp_path: Path, **changes) -> Path:
+    path = tmp_path / "faults.yaml"
+    path.write_text(yaml.safe_dump({**STUDY, **changes}))
+    return path
+
+
+def session(study_path: Path, out: Path, storage: str | None = None, tracking: str | None = None) -> Session:
+    from ablate.study import load_study
+
+    paths = Paths(out)
+    return Session(study=load_study(study_path), storage_url=storage or str(paths.journal),
+                   tracking_uri=tracking or paths.tracking_uri, paths=paths)
+
+
+def check_counts(s: Session) -> None:
+    st = status(s)
+    n_cells = len(s.study.cells)
+    # every grid cell finished exactly once ...
+    assert st["cells_complete"] == n_cells and st["trials"].get("COMPLETE") == n_cells, st
+    # ... and MLflow holds exactly one finished nested run per cell
+    assert st["mlflow_runs"].get("FINISHED") == n_cells, st
+    ostudy = load_optuna_study(s)
+    cells = [t.params["cell"] for t in ostudy.get_trials() if t.state.name == "COMPLETE"]
+    assert sorted(cells) == list(range(n_cells))
+    runs = s.tracker().trial_runs(ostudy.user_attrs["mlflow_parent_run_id"])
+    finished = [(r.data.tags["variant"], r.data.tags["seed"]) for r in runs if r.info.status == "FINISHED"]
+    # no (variant, seed) has two finished runs
+    assert len(finished) == len(set(finished)) == n_cells
+
+
+def test_single_worker_run_then_rerun_is_a_no_op(tmp_path):
+    study = write_study(tmp_path)
+    out = tmp_path / "out"
+    assert main(["run", str(study), "--out", str(out), "--no-progress", "--no-summary"]) == 0
+    s = session(study, out)
+    check_counts(s)
+    # a second run finds nothing to do and adds nothing
+    assert main(["run", str(study), "--out", str(out), "--no-progress", "--no-summary"]) == 0
+    check_counts(s)
+    # the summary reads the predictions and prints the table
+    assert main(["summarize", str(study), "--out", str(out)]) == 0
+    assert (out / "summary.csv").exists()
+
+
+def test_changed_study_file_is_refused(tmp_path):
+    study = write_study(tmp_path)
+    out = tmp_path / "out"
+    s = session(study, out)
+    from ablate.runner import prepare
+
+    prepare(s)
+    write_study(tmp_path, seeds=[0, 1, 2])
+    # reopening a study whose design changed would mix two designs: refused, naming the file
+    with pytest.raises(ValueError, match="faults.yaml: the study file changed"):
+        prepare(session(study, out))
+
+
+def test_two_workers_at_once_no_duplicates(tmp_path):
+    study = write_study(tmp_path)
+    out = tmp_path / "out"
+    assert main(["run", str(study), "--out", str(out), "--workers", "2", "--no-progress", "--no-summary"]) == 0
+    check_counts(session(study, out))
+
+
+def _wait_for_running(s: Session, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            trials = load_optuna_study(s).get_trials()
+        except Exception:
+            trials = []
+        if any(t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs for t in trials):
+            return
+        time.sleep(0.3)
+    raise AssertionError("no trial started")
+
+
+def test_sigkill_mid_trial_then_rerun_completes_exactly(tmp_path):
+    study = write_study(tmp_path)
+    out = tmp_path / "out"
+    s = session(study, out)
+    proc = subprocess.Popen([sys.executable, "-m", "ablate", "run", str(study), "--out", str(out),
+                             "--no-progress", "--no-summary"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_running(s)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # the killed trial is left RUNNING
+    assert any(t.state.name == "RUNNING" for t in load_optuna_study(s).get_trials())
+    # a rerun fails it (its process is gone), retries its cell and finishes the grid
+    assert main(["run", str(study), "--out", str(out), "--no-progress", "--no-summary"]) == 0
+    check_counts(s)
+    trials = load_optuna_study(s).get_trials()
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    # exactly the killed trial failed, and its MLflow run is marked KILLED, not FINISHED
+    assert len(failed) == 1 and "stale" in failed[0].user_attrs["fail_reason"]
+    assert s.tracker().get_status(failed[0].user_attrs["mlflow_run_id"]) == "KILLED"
+
+
+@pytest.fixture
+def pg_urls():
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    base = os.environ.get("ABLATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+    try:
+        engine = sqlalchemy.create_engine(f"{base}/postgres", isolation_level="AUTOCOMMIT")
+        conn = engine.connect()
+    except Exception as exc:
+        pytest.skip(f"PostgreSQL not reachable at {base}: {exc}")
+    names = [f"ablate_test_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("optuna", "mlflow")]
+    for n in names:
+        conn.execute(sqlalchemy.text(f"CREATE DATABASE {n}"))
+    yield [f"{base}/{n}" for n in names]
+    for n in names:
+        conn.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {n} WITH (FORCE)"))
+    conn.close()
+    engine.dispose()
+
+
+def test_postgresql_two_worker_processes(tmp_path, pg_urls):
+    storage, tracking = pg_urls
+    study = write_study(tmp_path)
+    out = tmp_path / "out"
+    # the coordinator prepares the study, then two worker processes share it through PostgreSQL
+    assert main(["run", str(study), "--out", str(out), "--storage", storage, "--tracking-uri", tracking,
+                 "--workers", "2", "--no-progress", "--no-summary"]) == 0
+    check_counts(session(study, out, storage, tracking))
+
+
+def test_worker_without_shared_tracking_is_refused(tmp_path):
+    study = write_study(tmp_path)
+    # a shared storage with a machine-local MLflow store would split the tracking: refused with advice
+    with pytest.raises(ValueError, match="--tracking-uri"):
+        import argparse
+
+        from ablate.cli.study import session_from
+
+        session_from(argparse.Namespace(study=str(study), out=None, storage="postgresql://x@h/db",
+                                        tracking_uri=None, tiny=False, device="cpu"))
