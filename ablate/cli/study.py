@@ -21,7 +21,7 @@ def _common(p: argparse.ArgumentParser, storage_default: bool = True) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a study (creates storage, MLflow parent run, local workers)")
     _common(p)
-    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1: in this process)")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1: in this process; 0: only prepare the study)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if present)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-summary", action="store_true")
@@ -87,6 +87,10 @@ def cmd_run(args: argparse.Namespace) -> int:
              if study.mode == "grid" else f"{study.search['n_trials']} trials")
           + f"\n  output   {session.paths.root}\n  optuna   {session.storage_url}\n  mlflow   {session.tracking_uri}")
     prepare(session)
+    if args.workers == 0:
+        print(f"study prepared; add workers with: ablate worker {args.study} --storage {session.storage_url} "
+              f"--tracking-uri {session.tracking_uri}")
+        return 0
     if args.workers > 1:
         rc = spawn_workers(args.study, args.workers, session)
         if rc:
