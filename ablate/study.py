@@ -36,7 +36,7 @@ from resmasknet.registry import get_config
 
 TOP_KEYS = ("name", "description", "mode", "base", "variants", "factors", "baseline", "seeds", "objectives",
             "search", "tiny")
-BASE_KEYS = ("model", "overrides", "data", "pretrained", "train")
+BASE_KEYS = ("model", "overrides", "data", "pretrained", "train", "tta")
 SEARCH_KEYS = ("n_trials", "sampler", "pruner", "space", "seed")
 OBJECTIVE_METRICS = ("val_acc", "test_acc", "test_acc_tta", "params", "macs", "latency_ms")
 SAMPLERS = ("tpe", "random", "nsga2")
@@ -89,6 +89,7 @@ class Study:
     search: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None  # a local torchvision ResNet weights file for the backbone
+    tta: bool = True  # also score the test split with the authors' 10-draw TTA (10x the test cost)
 
     def resolved(self, key: str) -> str | None:
         """`data` or `pretrained` with environment variables expanded; an unset variable is an error that
@@ -281,7 +282,8 @@ def parse_study(raw: dict[str, Any], path: str = "<study>") -> Study:
                  data=str(base.get("data", "generated")), train=base_train, seeds=tuple(seeds),
                  objectives=tuple(objectives), variants=tuple(variants), baseline=baseline,
                  description=str(raw.get("description", "")), search=search, raw=raw,
-                 pretrained=str(base["pretrained"]) if base.get("pretrained") else None)
+                 pretrained=str(base["pretrained"]) if base.get("pretrained") else None,
+                 tta=bool(base.get("tta", True)))
 
 
 def _check_space(key: str, spec: Any, model: str, base_model: dict, path: str) -> None:

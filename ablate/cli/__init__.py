@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "train",
     "evaluate",
     "bench",
+    "report",
 ]
 
 
