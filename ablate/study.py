@@ -125,10 +125,17 @@ class Study:
         overrides = {**self.model_overrides, **tiny.get("overrides", {})}
         seeds = tuple(tiny.get("seeds", self.seeds[:2]))
         search = {**self.search, "n_trials": tiny.get("n_trials", 3)} if self.search else {}
+        variants = self.variants
+        if tiny.get("variants"):  # a subset keeps the tiny run short; the baseline always stays
+            keep = set(tiny["variants"]) | {self.baseline}
+            unknown = keep - {v.name for v in self.variants}
+            if unknown:
+                raise StudyError(f"{self.path}: tiny.variants names unknown variant(s) {sorted(unknown)}")
+            variants = tuple(v for v in self.variants if v.name in keep)
         return dataclasses.replace(self, model=tiny.get("model", self.model), model_overrides=overrides,
                                    pretrained=tiny.get("pretrained", self.pretrained),
                                    data=tiny.get("data", "generated:n=140,seed=0"), train=train, seeds=seeds,
-                                   search=search, name=self.name + "-tiny")
+                                   search=search, variants=variants, name=self.name + "-tiny")
 
 
 def _split_overrides(overrides: dict[str, Any], where: str, path: str) -> tuple[dict[str, Any], dict[str, Any]]:
