@@ -1,0 +1,218 @@
+"""Evaluate a network on one split: accuracy, per-class precision/recall/F1, confusion matrix, and every
+image's prediction and probabilities (paired tests between variants need per-image predictions).
+
+Inference runs under `torch.inference_mode()`, channels_last, bf16 autocast on CUDA only.
+
+Example:
+    >>> model, _ = resmasknet.load_checkpoint("runs/x/best.pt")
+    >>> res = evaluate(model, load_data("fer2013.csv").select("test"), tta="flip")
+    >>> res.accuracy, res.confusion            # float, int64 [K, K] (rows: true class, columns: predicted)
+    >>> res.save("runs/x/test")                # metrics.json, predictions.csv, predictions.npz
+    >>> print(res.report())                    # per-class table and confusion matrix
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from resmasknet.augment import TTA_MODES, predict_proba
+from resmasknet.model import ResMaskNet
+
+__all__ = ["EvalResult", "evaluate", "predict", "resolve_device"]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None -> CUDA when available, else CPU; a name ("cpu", "cuda:1") is checked up front."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available here; use --device cpu")
+    return dev
+
+
+def predict(model: ResMaskNet, images: Tensor | np.ndarray, *, batch_size: int = 256,
+            device: str | torch.device | None = None, tta: str | None = None, seed: int = 1234,
+            max_batches: int | None = None, progress: bool = False, desc: str = "eval") -> Tensor:
+    """Probabilities float32 [N, K] (on the device) for uint8 faces [N, H, W].
+
+    The model is put in eval mode (and restored afterwards). `seed` drives the authors' TTA draws."""
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta={tta!r} is not allowed; choose one of none, 'flip', 'authors'")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    dev = resolve_device(device) if device is not None else next(model.parameters()).device
+    imgs = torch.as_tensor(images)
+    gen = torch.Generator().manual_seed(seed) if tta == "authors" else None
+    n = imgs.shape[0]
+    starts = list(range(0, n, batch_size))
+    if max_batches is not None:
+        starts = starts[:max_batches]
+    was_training = model.training
+    model.eval()
+    out: list[Tensor] = []
+    try:
+        from tqdm.auto import tqdm
+
+        with torch.inference_mode():
+            for s in tqdm(starts, desc=desc, leave=False, disable=not progress, unit="batch"):
+                batch = imgs[s:s + batch_size].to(dev, non_blocking=True)
+                x = model.prepare_input(batch)
+                out.append(predict_proba(model, x, tta, generator=gen, autocast=True))
+    finally:
+        model.train(was_training)
+    if not out:
+        k = model.config.num_classes
+        return torch.zeros(0, k, device=dev)
+    return torch.cat(out)
+
+
+@dataclass
+class EvalResult:
+    """Metrics and per-image outputs of one evaluation. Arrays are numpy; `confusion[i, j]` counts images
+    of true class i predicted as j."""
+
+    accuracy: float
+    loss: float  # mean negative log-likelihood of the true class under the (TTA) probabilities
+    classes: tuple[str, ...]
+    precision: np.ndarray
+    recall: np.ndarray
+    f1: np.ndarray
+    support: np.ndarray
+    confusion: np.ndarray
+    labels: np.ndarray
+    predictions: np.ndarray
+    probabilities: np.ndarray
+    index: np.ndarray  # each image's position in its source (FaceData.origin) or 0..N-1
+    tta: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def macro_f1(self) -> float:
+        return float(np.mean(self.f1)) if self.f1.size else 0.0
+
+    @property
+    def balanced_accuracy(self) -> float:
+        present = self.support > 0
+        return float(np.mean(self.recall[present])) if present.any() else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the per-image arrays, as plain JSON values."""
+        return {
+            "accuracy": self.accuracy, "loss": self.loss, "macro_f1": self.macro_f1,
+            "balanced_accuracy": self.balanced_accuracy, "n": self.n, "tta": self.tta,
+            "classes": list(self.classes),
+            "per_class": {c: {"precision": float(self.precision[k]), "recall": float(self.recall[k]),
+                              "f1": float(self.f1[k]), "support": int(self.support[k])}
+                          for k, c in enumerate(self.classes)},
+            "confusion": self.confusion.tolist(), **({"info": self.info} if self.info else {}),
+        }
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write metrics.json, predictions.csv (one row per image) and predictions.npz into `folder`."""
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        np.savez_compressed(out / "predictions.npz", index=self.index, label=self.labels,
+                            prediction=self.predictions, probabilities=self.probabilities.astype(np.float32),
+                            classes=np.array(self.classes))
+        with open(out / "predictions.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["index", "label", "prediction", "correct", *[f"p_{c}" for c in self.classes]])
+            for i in range(self.n):
+                w.writerow([int(self.index[i]), int(self.labels[i]), int(self.predictions[i]),
+                            int(self.labels[i] == self.predictions[i]),
+                            *(f"{p:.6f}" for p in self.probabilities[i])])
+        return out
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> EvalResult:
+        """Rebuild a saved result from metrics.json and predictions.npz."""
+        folder = Path(folder)
+        meta = json.loads((folder / "metrics.json").read_text())
+        z = np.load(folder / "predictions.npz")
+        res = from_probabilities(z["probabilities"], z["label"], tuple(meta["classes"]), index=z["index"],
+                                 tta=meta.get("tta"))
+        res.info = meta.get("info", {})
+        return res
+
+    def report(self) -> str:
+        """Accuracy, the per-class table and the confusion matrix as text."""
+        w = max(9, *(len(c) for c in self.classes))
+        lines = [f"accuracy {self.accuracy * 100:.2f}%  (n={self.n}, tta={self.tta or 'none'}, "
+                 f"macro F1 {self.macro_f1 * 100:.2f}%, balanced acc {self.balanced_accuracy * 100:.2f}%, "
+                 f"NLL {self.loss:.4f})", "",
+                 f"{'class':<{w}} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}"]
+        for k, c in enumerate(self.classes):
+            lines.append(f"{c:<{w}} {self.precision[k]:>9.3f} {self.recall[k]:>7.3f} {self.f1[k]:>7.3f} "
+                         f"{int(self.support[k]):>8}")
+        lines += ["", "confusion matrix (rows: true, columns: predicted)"]
+        short = [c[:7] for c in self.classes]
+        cw = max(7, len(str(int(self.confusion.max()) if self.confusion.size else 0)))
+        lines.append(f"{'':<{w}} " + " ".join(f"{s:>{cw}}" for s in short))
+        for k, c in enumerate(self.classes):
+            lines.append(f"{c:<{w}} " + " ".join(f"{int(v):>{cw}}" for v in self.confusion[k]))
+        return "\n".join(lines)
+
+
+def from_probabilities(probabilities: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], *,
+                       index: np.ndarray | None = None, tta: str | None = None) -> EvalResult:
+    """Metrics from per-image probabilities [N, K] and true labels [N]."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    probs = np.asarray(probabilities, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64)
+    k = len(classes)
+    if probs.ndim != 2 or probs.shape != (labels.shape[0], k):
+        raise ValueError(f"probabilities {probs.shape} must be [N={labels.shape[0]}, K={k}]")
+    preds = probs.argmax(axis=1).astype(np.int64) if len(probs) else np.zeros(0, np.int64)
+    ks = list(range(k))
+    if len(labels):
+        p, r, f, s = precision_recall_fscore_support(labels, preds, labels=ks, zero_division=0)
+        conf = confusion_matrix(labels, preds, labels=ks).astype(np.int64)
+        nll = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+        acc = float((preds == labels).mean())
+    else:
+        p = r = f = np.zeros(k)
+        s = np.zeros(k, np.int64)
+        conf, nll, acc = np.zeros((k, k), np.int64), float("nan"), float("nan")
+    return EvalResult(accuracy=acc, loss=nll, classes=tuple(classes), precision=np.asarray(p, float),
+                      recall=np.asarray(r, float), f1=np.asarray(f, float), support=np.asarray(s, np.int64),
+                      confusion=conf, labels=labels, predictions=preds, probabilities=probs,
+                      index=np.arange(len(labels)) if index is None else np.asarray(index, np.int64), tta=tta)
+
+
+def evaluate(model: ResMaskNet, data_split: Any, *, tta: str | None = None, batch_size: int = 256,
+             device: str | torch.device | None = None, seed: int = 1234, progress: bool = False) -> EvalResult:
+    """Evaluate `model` on a FaceData split (`data.select("test")`): images uint8 [N, H, W], labels, classes.
+
+    tta: None, "flip" (mean of plain and mirrored) or "authors" (10 seeded flip/rotation draws summed).
+    The model is moved to `device` (default: CUDA when available) in channels_last."""
+    if tta == "none":
+        tta = None
+    dev = resolve_device(device)
+    model.to(dev).to(memory_format=torch.channels_last)
+    num_classes = model.config.num_classes
+    classes = tuple(data_split.classes)
+    if len(classes) != num_classes:
+        raise ValueError(f"the data has {len(classes)} classes {classes} but the model predicts {num_classes}")
+    probs = predict(model, data_split.images, batch_size=batch_size, device=dev, tta=tta, seed=seed,
+                    progress=progress).float().cpu().numpy()
+    origin = getattr(data_split, "origin", None)
+    res = from_probabilities(probs, data_split.labels, classes, index=origin, tta=tta)
+    res.info = {"source": str(getattr(data_split, "source", "")), "batch_size": batch_size, "device": str(dev),
+                **({"seed": seed} if tta == "authors" else {})}
+    return res

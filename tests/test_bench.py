@@ -1,0 +1,38 @@
+"""Benchmarks: every number is measured and positive, the table and JSON are written, bad input is clear."""
+
+from __future__ import annotations
+
+import json
+
+from resmasknet.bench import bench_model, format_table
+
+QUICK = {"batch_size": 4, "steps": 1, "warmup": 1, "seconds": 1.0, "device": "cpu"}
+
+
+def test_bench_model_row():
+    row = bench_model("resmasknet_tiny", **QUICK)
+    # throughputs of the optimised and plain paths, the data pipeline and memory are all reported
+    for key in ("train_img_s", "train_plain_img_s", "eval_img_s", "eval_plain_img_s", "data_img_s",
+                "data_batches_s", "train_speedup", "eval_speedup"):
+        assert row[key] > 0, key
+    for key in ("train_peak_mb", "eval_peak_mb"):
+        assert row[key] >= 0, key
+    # the row names the model and its input, and the table shows it
+    assert row["model"] == "resmasknet_tiny" and row["input"] == "48x48x1"
+    assert "resmasknet_tiny" in format_table([row])
+
+
+def test_cli_bench(tmp_path, capsys):
+    from ablate.cli import main
+
+    out = tmp_path / "b.json"
+    rc = main(["bench", "--model", "resmasknet_tiny", "--batch-size", "4", "--steps", "1", "--warmup", "1",
+               "--seconds", "1", "--device", "cpu", "--no-plain", "--json", str(out),
+               "--set", "mask1.enabled=false"])
+    # a table is printed and the JSON holds one row per model
+    assert rc == 0 and "train img/s" in capsys.readouterr().out
+    rows = json.loads(out.read_text())
+    assert [r["model"] for r in rows] == ["resmasknet_tiny"] and "train_plain_img_s" not in rows[0]
+    # an unknown model is a clear error naming it
+    rc = main(["bench", "--model", "resmasknet_huge"])
+    assert rc == 2 and "resmasknet_huge" in capsys.readouterr().err
