@@ -21,7 +21,8 @@ def _common(p: argparse.ArgumentParser, storage_default: bool = True) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a study (creates storage, MLflow parent run, local workers)")
     _common(p)
-    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1: in this process; 0: only prepare the study)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="local worker processes (default 1: in this process; 0: only prepare the study)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if present)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-summary", action="store_true")
