@@ -131,7 +131,8 @@ class MaskBlock(nn.Module):
         widths = [channels] + [int(round(channels * cfg.width**i)) for i in range(1, d + 1)]
         for i in range(d):
             setattr(self, f"conv{i + 1}", unet_block(widths[i], widths[i + 1]))
-        self.down_pooling = nn.MaxPool2d(kernel_size=2)
+        # one pool module per level (no parameters): Captum's DeepLift needs each module used once
+        self.pools = nn.ModuleList([nn.MaxPool2d(kernel_size=2) for _ in range(d - 1)])
         # decoder level j goes from widths[d-j] back to widths[d-j-1], concatenating the encoder skip
         for j in range(d - 1):
             k = d + 1 + j
@@ -161,7 +162,7 @@ class MaskBlock(nn.Module):
             x = getattr(self, f"conv{i}")(x)
             if i < d:
                 skips.append(x)
-                x = self.down_pooling(x)
+                x = self.pools[i - 1](x)
         for k in range(d + 1, 2 * d):
             x = getattr(self, f"up_pool{k}")(x)
             x = getattr(self, f"conv{k}")(torch.cat([x, skips.pop()], dim=1))
