@@ -6,7 +6,17 @@ from pathlib import Path
 import pytest
 import torch
 
-SHARED = Path(os.environ.get("RESMASKNET_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+def _find_shared() -> Path:
+    """The development data folder: $RESMASKNET_SHARED, else `../shared` beside the checkout, else /work/shared."""
+    if os.environ.get("RESMASKNET_SHARED"):
+        return Path(os.environ["RESMASKNET_SHARED"])
+    for cand in (Path(__file__).resolve().parents[2] / "shared", Path("/work/shared")):
+        if cand.exists():
+            return cand
+    return Path(__file__).resolve().parents[2] / "shared"
+
+
+SHARED = _find_shared()
 FER_DIR = SHARED / "fer2013"
 REFERENCE = SHARED / "reference" / "original_resmasking_dropout1.json"
 
