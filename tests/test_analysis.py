@@ -234,6 +234,7 @@ def test_deeplift_on_depth3_masks():
     # no module of any kind may run twice for DeepLift
     assert reused_modules(fm, x) == []
     attr, _ = input_attribution(fm, x, torch.tensor([0]), "deeplift")
+    # DeepLift runs through depth-3 mask U-Nets (one MaxPool2d per level) and gives a finite map
     assert torch.isfinite(attr).all()
 
 
@@ -362,5 +363,16 @@ def test_analyse_on_generated_data_if_available(tiny):
     d = load_data("generated:n=140,seed=0").select("test")
     res = analyse(tiny, d, n_images=6, methods=("gradcam",), interventions=False, faithfulness=False,
                   progress=False)
+    # the split is not empty and the requested number of faces was analysed
+    assert res.arrays["images"].shape == (6, 48, 48)
     # generated data brings regions, so localisation runs by default, with both baselines
     assert {"random", "uniform"} <= set(res.tables["localisation"]["map"])
+    # class names come from the data
+    assert res.meta["classes"] == list(d.classes)
+
+
+def test_analyse_refuses_an_empty_split(tiny):
+    empty = (np.zeros((0, 48, 48), np.uint8), np.zeros(0, np.int64))
+    # an empty split is an error that says so, not an empty report
+    with pytest.raises(ValueError, match="nothing to analyse"):
+        analyse(tiny, empty, progress=False)

@@ -240,6 +240,9 @@ def analyse(
     t_all = _now()
     images, labels, regions, classes = _unpack(data_split)
     n_all = images.shape[0]
+    if n_all == 0 or n_images < 1:
+        raise ValueError(f"nothing to analyse: {n_all} faces given, n_images={n_images} "
+                         "(an empty split? generated data needs n >= 100 for a non-empty test split)")
     if n_all > n_images:
         index = np.sort(np.random.default_rng(seed).choice(n_all, n_images, replace=False))
     else:
