@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+
 def _find_shared() -> Path:
     """The development data folder: $RESMASKNET_SHARED, else `../shared` beside the checkout, else /work/shared."""
     if os.environ.get("RESMASKNET_SHARED"):
