@@ -116,6 +116,16 @@ class MaskActivation(nn.Module):
         return self.kind
 
 
+def _kaiming_init(module: nn.Module) -> None:
+    """torchvision's ResNet initialisation: He-normal convolutions (fan out), BatchNorm at identity."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class MaskBlock(nn.Module):
     """The masking block: a U-Net of BasicBlocks that maps C channels to a C-channel mask.
 
@@ -145,12 +155,7 @@ class MaskBlock(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        _kaiming_init(self)
         for m in self.modules():
             if isinstance(m, BasicBlock):  # each residual branch starts as the identity
                 nn.init.zeros_(m.bn2.weight)
@@ -222,12 +227,7 @@ class ResMaskNet(nn.Module):
             setattr(self, f"refine{i + 1}", Refine(mc.application if mc.enabled else None))
 
     def _init_backbone(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        _kaiming_init(self)
 
     # ---- forward ---------------------------------------------------------------------------
     def stage(self, i: int) -> tuple[nn.Module, nn.Module | None, nn.Module]:

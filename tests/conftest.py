@@ -21,6 +21,20 @@ SHARED = _find_shared()
 FER_DIR = SHARED / "fer2013"
 REFERENCE = SHARED / "reference" / "original_resmasking_dropout1.json"
 
+
+def tiny_grid_study(name: str) -> dict:
+    """A two-variant (masks on / off), two-seed grid study small enough to run a cell in seconds."""
+    return {
+        "name": name,
+        "base": {"model": "resmasknet_tiny", "data": "generated:n=140,seed=0",
+                 "overrides": {"base_width": 4},
+                 "train": {"epochs": 1, "max_train_batches": 3, "batch_size": 16, "optimizer": "adamw",
+                           "lr": 0.003, "scheduler": "none"}},
+        "variants": {"on": {}, "off": {"masks.enabled": False}},
+        "baseline": "off",
+        "seeds": [0, 1],
+    }
+
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

@@ -20,6 +20,16 @@ def test_bench_model_row():
     # the row names the model and its input, and the table shows it
     assert row["model"] == "resmasknet_tiny" and row["input"] == "48x48x1"
     assert "resmasknet_tiny" in format_table([row])
+    assert row["rounds"] == 2  # each path measured twice, alternating which goes first
+
+
+def test_bench_rejects_bad_settings():
+    import pytest
+
+    with pytest.raises(ValueError, match="rounds=0"):
+        bench_model("resmasknet_tiny", **QUICK, rounds=0)
+    with pytest.raises(ValueError, match="batch_size=1"):
+        bench_model("resmasknet_tiny", **{**QUICK, "batch_size": 1})
 
 
 def test_cli_bench(tmp_path, capsys):

@@ -618,3 +618,23 @@ def test_real_full_fer2013_csv_loads_fast(fer_dir, tmp_path):
     elapsed = time.perf_counter() - start
     # all 35,887 rows, in under 20 s
     assert len(data) == 35887 and elapsed < 20, elapsed
+
+
+def test_cli_skip_bad_rows(small_csv, tmp_path, capsys):
+    """`ablate train` stops on a bad row naming its line; with --skip-bad-rows it trains and reports the count."""
+    from ablate.cli import main
+
+    path = small_csv[0]
+    lines = path.read_text().splitlines()
+    lines.insert(3, "9," + " ".join(["1"] * 2304) + ",Training")  # label 9 is out of range, on line 4
+    path.write_text("\n".join(lines) + "\n")
+    args = ["train", "--model", "resmasknet_tiny", "--data", str(path), "--epochs", "1", "--batch-size", "4",
+            "--max-train-batches", "1", "--no-progress", "--device", "cpu", "--no-test"]
+    rc = main([*args, "--out", str(tmp_path / "strict")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "line 4" in err and str(path) in err
+    assert not (tmp_path / "strict" / "best.pt").exists()
+    with pytest.warns(UserWarning, match="1 bad"):
+        rc = main([*args, "--out", str(tmp_path / "lenient"), "--skip-bad-rows"])
+    assert rc == 0 and (tmp_path / "lenient" / "best.pt").exists()
+    assert "1 skipped" in capsys.readouterr().out

@@ -12,22 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import FER_DIR
+from conftest import FER_DIR, tiny_grid_study
 from PIL import Image
 
 from ablate.cli import main
 from ablate.report import SECTIONS
 
-STUDY = {
-    "name": "reportcheck",
-    "base": {"model": "resmasknet_tiny", "data": "generated:n=140,seed=0",
-             "overrides": {"base_width": 4},
-             "train": {"epochs": 1, "max_train_batches": 3, "batch_size": 16, "optimizer": "adamw",
-                       "lr": 0.003, "scheduler": "none"}},
-    "variants": {"on": {}, "off": {"masks.enabled": False}},
-    "baseline": "off",
-    "seeds": [0, 1],
-}
+STUDY = tiny_grid_study("reportcheck")
 
 
 def make_study(folder: Path) -> tuple[Path, Path]:
@@ -179,3 +170,34 @@ def test_explain_unreadable_image_names_the_path(report, tmp_path, capsys):
     # a missing file: same, naming it
     assert main(["explain", str(ckpt), str(tmp_path / "missing.jpg"), "--out", str(tmp_path / "x")]) == 2
     assert "missing.jpg" in capsys.readouterr().err
+
+
+def test_analyse_checkpoint_report(report, tmp_path, capsys):
+    from ablate.report import CHECKPOINT_SECTIONS
+
+    ckpt = next(p for p in sorted(report["out"].glob("trials/*/best.pt"))
+                if load_checkpoint_masks(p))  # a masked variant
+    dest = tmp_path / "analysis"
+    rc = main(["analyse", str(ckpt), "--data", "generated:n=140,seed=0", "--n-images", "8", "--analysis", "fast",
+               "--out", str(dest), "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0 and (dest / "index.html").is_file()
+    text = (dest / "index.html").read_text(encoding="utf-8")
+    for s in CHECKPOINT_SECTIONS:
+        assert f">{s}</h2>" in text, s
+    # the per-stage intervention table and the timings are printed; the narrative names the zero-mask cost
+    assert "zero" in out and "analysis of 8 images" in out and "Removing it (zero mask)" in text
+    assert (dest / "analysis" / "model" / "tables" / "interventions.csv").exists()
+    # a bad profile or a missing checkpoint is a clear error, and nothing is left looking complete
+    assert main(["analyse", str(tmp_path / "none.pt"), "--data", "generated", "--out", str(tmp_path / "x")]) == 2
+    assert "none.pt" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    from ablate.report import analysis_options
+
+    with pytest.raises(ValueError, match="profile 'huge'"):
+        analysis_options("huge")
+
+
+def load_checkpoint_masks(path: Path) -> bool:
+    from resmasknet import load_checkpoint
+
+    return any(m.enabled for m in load_checkpoint(path)[0].config.masks)

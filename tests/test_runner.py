@@ -13,20 +13,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import tiny_grid_study
 
 from ablate.cli import main
 from ablate.runner import Paths, Session, load_optuna_study, status
 
-STUDY = {
-    "name": "faults",
-    "base": {"model": "resmasknet_tiny", "data": "generated:n=140,seed=0",
-             "overrides": {"base_width": 4},
-             "train": {"epochs": 1, "max_train_batches": 3, "batch_size": 16, "optimizer": "adamw",
-                       "lr": 0.003, "scheduler": "none"}},
-    "variants": {"on": {}, "off": {"masks.enabled": False}},
-    "baseline": "off",
-    "seeds": [0, 1],
-}
+STUDY = tiny_grid_study("faults")
 
 
 def write_study(tmp_path: Path, **changes) -> Path:

@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=10, help="timed steps per measurement (at most)")
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2,
+                   help="repeat each measurement, alternating which path goes first; the best counts (default 2)")
     p.add_argument("--seconds", type=float, default=10.0, help="stop a measurement after this long")
     p.add_argument("--no-plain", action="store_true", help="skip the plain (authors' way) measurements")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
               f"data {row['data_img_s']:.0f} img/s", file=sys.stderr, flush=True)
 
     rows = bench(names, batch_size=args.batch_size, device=dev, steps=args.steps, warmup=args.warmup,
-                 seconds=args.seconds, plain=not args.no_plain, cpu_bf16=args.bf16_cpu,
+                 seconds=args.seconds, rounds=args.rounds, plain=not args.no_plain, cpu_bf16=args.bf16_cpu,
                  overrides=overrides, progress=show)
     print(format_table(rows))
     if args.json:

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         session = session_from(argparse.Namespace(study="quickstart", out=None, storage=None, tracking_uri=None,
                                                   tiny=args.tiny, device="auto", no_progress=False))
         # the fast analysis on 64 test images keeps the demo within minutes on a CPU
-        report_path = build_report(session, n_images=64, tiny=True)
+        report_path = build_report(session, n_images=64, analysis="fast")
     print(f"\ndemo finished in {(time.time() - t0) / 60:.1f} min.")
     print("Where to look next:")
     if report_path:

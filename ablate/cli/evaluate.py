@@ -13,6 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on a split (accuracy, per-class, confusion)")
     p.add_argument("checkpoint", help="a checkpoint written by `ablate train` (best.pt / last.pt)")
     p.add_argument("--data", required=True, help="'generated[:...]', a fer2013.csv or a folder")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="drop malformed rows / unreadable images (their count is reported) instead of stopping")
     p.add_argument("--split", default="test", help="train, val or test (default: test)")
     p.add_argument("--tta", choices=("none", "flip", "authors"), default="none",
                    help="test-time augmentation: flip (plain + mirrored) or authors (10 random flip/rotations)")
@@ -29,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from resmasknet.evaluate import evaluate
 
     model, ckpt = load_checkpoint(args.checkpoint)
-    data = load_data(args.data)
+    data = load_data(args.data, skip_bad_rows=args.skip_bad_rows)
     split = data.select(args.split)
     if len(split) == 0:
         raise ValueError(f"{args.data}: split {args.split!r} holds no images")

@@ -9,16 +9,28 @@ import time
 def register(sub: argparse._SubParsersAction) -> None:
     from ablate.cli.study import _common
 
-    p = sub.add_parser("report", help="self-contained HTML report of a study (reports/<study>/index.html)")
-    _common(p)
+    p = _common(sub, "report", "self-contained HTML report of a study (reports/<study>/index.html)")
     p.add_argument("--report-dir", help="where to write the report (default reports/<study-name>/)")
     p.add_argument("--n-images", type=int, default=200, help="test images for the mask analysis (default 200)")
-    p.add_argument("--fast", action="store_true",
-                   help="cheap mask analysis (saliency, GradCAM, mask attribution; 5 deletion steps); "
-                        "implied by --tiny")
+    p.add_argument("--analysis", choices=("fast", "standard", "full"), default="standard",
+                   help="mask-analysis profile: fast (saliency, GradCAM, mask attribution; 5 deletion steps), "
+                        "standard (every method at coarser settings; default), full (IG 32 steps, 20 deletion "
+                        "steps, fine occlusion)")
+    p.add_argument("--fast", action="store_true", help="same as --analysis fast; implied by --tiny")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-mlflow", action="store_true", help="do not attach the report to the MLflow parent run")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("analyse", help="mask analysis of one checkpoint on a data split, as an HTML report")
+    p.add_argument("checkpoint", help="a best.pt written by training or a study trial")
+    p.add_argument("--data", required=True, help="'generated[:...]', a fer2013.csv or a folder")
+    p.add_argument("--split", default="test", help="train, val or test (default: test, i.e. PrivateTest)")
+    p.add_argument("--n-images", type=int, default=500, help="faces analysed, a seeded subset (default 500)")
+    p.add_argument("--analysis", choices=("fast", "standard", "full"), default="standard",
+                   help="analysis profile (see `ablate report --help`; default standard)")
+    p.add_argument("--skip-bad-rows", action="store_true", help="drop malformed rows instead of stopping")
+    p.add_argument("--out", help="output folder (default reports/analyse/<checkpoint folder name>)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_analyse)
     p = sub.add_parser("explain", help="classify single images (face detection) and show masks + attributions")
     p.add_argument("checkpoint", help="a best.pt written by training")
     p.add_argument("images", nargs="+", help="image files (photos are fine: the largest face is cropped)")
@@ -32,8 +44,35 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     session = session_from(args)
     t = time.perf_counter()
-    path = build_report(session, args.report_dir, n_images=args.n_images, tiny=args.tiny or args.fast,
+    analysis = "fast" if args.tiny or args.fast else args.analysis
+    path = build_report(session, args.report_dir, n_images=args.n_images, analysis=analysis,
                         progress=not args.no_progress, log_mlflow=not args.no_mlflow)
+    print(f"report: {path}  ({time.perf_counter() - t:.0f} s)")
+    return 0
+
+
+def cmd_analyse(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from ablate.report import build_checkpoint_report
+
+    ckpt = Path(args.checkpoint)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{ckpt}: no such checkpoint file")
+    out = args.out or str(Path("reports") / "analyse" / (ckpt.resolve().parent.name or "model"))
+    t = time.perf_counter()
+    path = build_checkpoint_report(ckpt, args.data, out, split=args.split, n_images=args.n_images,
+                                   analysis=args.analysis, skip_bad_rows=args.skip_bad_rows,
+                                   progress=not args.no_progress)
+    info = json.loads((path.parent / "report.json").read_text())
+    interventions = path.parent / "analysis" / "model" / "tables" / "interventions.csv"
+    if interventions.exists():
+        print(pd.read_csv(interventions).to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    secs = ", ".join(f"{k} {v:.0f} s" for k, v in info["analysis_seconds"].items())
+    print(f"analysis of {info['n_images']} images: {secs}")
     print(f"report: {path}  ({time.perf_counter() - t:.0f} s)")
     return 0
 

@@ -9,41 +9,39 @@ import sys
 from pathlib import Path
 
 
-def _common(p: argparse.ArgumentParser, storage_default: bool = True) -> None:
+def _common(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
+    """The sub-command's parser with the arguments every study command takes."""
+    p = sub.add_parser(name, help=help)
     p.add_argument("study", help="a study file, or a name in studies/ (e.g. quickstart)")
     p.add_argument("--out", help="output folder (default: runs/<study>)")
     p.add_argument("--storage", help="Optuna storage: a journal file path (default runs/<study>/optuna.journal) "
                                      "or postgresql://user@host/db for many machines")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///runs/<study>/mlflow.db)")
     p.add_argument("--tiny", action="store_true", help="run the study shrunk to seconds (for trying it out)")
+    return p
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run a study (creates storage, MLflow parent run, local workers)")
-    _common(p)
+    p = _common(sub, "run", "run a study (creates storage, MLflow parent run, local workers)")
     p.add_argument("--workers", type=int, default=1,
                    help="local worker processes (default 1: in this process; 0: only prepare the study)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if present)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-summary", action="store_true")
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("worker", help="join a running study from this machine / GPU")
-    _common(p)
+    p = _common(sub, "worker", "join a running study from this machine / GPU")
     p.add_argument("--device", default="auto")
     p.add_argument("--max-trials", type=int)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_worker)
-    p = sub.add_parser("status", help="trials and MLflow runs of a study, and the grid cells still missing")
-    _common(p)
+    p = _common(sub, "status", "trials and MLflow runs of a study, and the grid cells still missing")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
-    p = sub.add_parser("summarize", help="the ablation table: means, CIs, paired differences, McNemar + Holm")
-    _common(p)
+    p = _common(sub, "summarize", "the ablation table: means, CIs, paired differences, McNemar + Holm")
     p.add_argument("--metric", default="test_acc")
     p.add_argument("--markdown", action="store_true")
     p.set_defaults(func=cmd_summarize)
-    p = sub.add_parser("ui", help="open the MLflow UI for a study's store (127.0.0.1)")
-    _common(p)
+    p = _common(sub, "ui", "open the MLflow UI for a study's store (127.0.0.1)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=cmd_ui)

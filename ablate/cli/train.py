@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="resmasknet_cpu", help="preset name (see `ablate models`)")
     p.add_argument("--data", default="generated",
                    help="'generated[:n=...,seed=...]', a fer2013.csv, a folder (default: generated)")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="drop malformed rows / unreadable images (their count is reported) instead of stopping")
     p.add_argument("--out", required=True, help="output folder (checkpoints, history, test metrics)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="network config override (repeatable)")
     p.add_argument("--recipe", choices=("auto", "paper", "cpu"), default="auto",
@@ -95,10 +97,11 @@ def run(args: argparse.Namespace) -> int:
     model = create_model(args.model, pretrained=args.pretrained, **_parse_sets(args.set))
     cfg = _train_config(args, model)
     t0 = time.perf_counter()
-    data = load_data(args.data)
+    data = load_data(args.data, skip_bad_rows=args.skip_bad_rows)
     print(f"data: {data!r} loaded in {time.perf_counter() - t0:.1f}s; "
           f"train {int((data.split == 0).sum())}, val {int((data.split == 1).sum())}, "
-          f"test {int((data.split == 2).sum())}", flush=True)
+          f"test {int((data.split == 2).sum())}" + (f"; {data.skipped} skipped (bad)" if data.skipped else ""),
+          flush=True)
     print(f"model: {args.model} ({count_parameters(model):,} params)  recipe: {json.dumps(cfg.to_dict())}",
           flush=True)
     out = Path(args.out)

@@ -134,6 +134,15 @@ def _field(rows: list[list[bytes]], index: int) -> list[bytes]:
     return [r[index] if len(r) > index else b"" for r in rows]
 
 
+def _field_count_problems(rows: list[list[bytes]], n_expected: int) -> list[str]:
+    """One problem string per row ('' when fine), flagging rows with the wrong number of fields."""
+    problems = [""] * len(rows)
+    n_fields = np.fromiter(map(len, rows), np.int64, len(rows))
+    for r in np.flatnonzero(n_fields != n_expected).tolist():
+        problems[r] = f"expected {n_expected} fields, found {int(n_fields[r])}"
+    return problems
+
+
 def _parse_uints(values: list[bytes], max_digits: int = 6) -> tuple[np.ndarray, np.ndarray]:
     """Vectorised parse of small non-negative integers; returns (values int64, ok mask)."""
     width = max_digits + 2  # room for surrounding spaces; longer fields were truncated: rejected
@@ -220,10 +229,7 @@ def _read_fer_rows(
         m = len(rows)
         if not m:
             continue
-        problems = [""] * m
-        n_fields = np.fromiter(map(len, rows), np.int64, m)
-        for r in np.flatnonzero(n_fields != len(header)).tolist():
-            problems[r] = f"expected {len(header)} fields, found {int(n_fields[r])}"
+        problems = _field_count_problems(rows, len(header))
         label, label_ok = _parse_uints(_field(rows, ce))
         label_ok &= label < len(CLASSES)
         for r in np.flatnonzero(~label_ok).tolist():
@@ -371,10 +377,7 @@ def _read_ferplus(
         m = len(rows)
         if not m:
             continue
-        problems = [""] * m
-        n_fields = np.fromiter(map(len, rows), np.int64, m)
-        for r in np.flatnonzero(n_fields != len(header)).tolist():
-            problems[r] = f"expected {len(header)} fields, found {int(n_fields[r])}"
+        problems = _field_count_problems(rows, len(header))
         cols = []
         for name in _FERPLUS_VOTES:
             val, ok = _parse_uints(_field(rows, header.index(name)), max_digits=3)
