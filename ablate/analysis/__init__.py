@@ -82,6 +82,7 @@ from ablate.analysis.probe import (
     REDUCTIONS,
     MaskStage,
     ProbeResult,
+    channels_last,
     gain_map,
     gini,
     mask_stages,
@@ -260,77 +261,79 @@ def analyse(
     if n == 0:
         raise ValueError("analyse: the data split holds no images")
 
-    t = _now()
-    pr = probe(model, images, labels, batch_size=max(batch_size, 64), device=device, max_keep=n,
-               classes=classes, progress=progress)
-    timing["probe"] = _since(t)
-    parts["probe"] = pr
-    tables["stages"] = pr.stage_table()
-    tables["classes"] = pr.class_table()
-    arrays["preds"] = pr.preds
-    arrays["probs"] = pr.probs
-    if regions is not None:
-        arrays["regions"] = regions
-    for st in pr.stages:
-        for name, a in pr.maps[st.name].items():
-            arrays[f"mask/{st.name}/{name}"] = a
-        for name, a in pr.class_mean_maps[st.name].items():
-            arrays[f"class_mean/{st.name}/{name}"] = a
-    for s, d in pr.class_diff_maps().items():
-        for name, a in d.items():
-            arrays[f"class_diff/{s}/{name}"] = a
-
-    t = _now()
-    attrs = attribute(model, images, labels, methods=methods, target=target, batch_size=min(batch_size, 16),
-                      device=device, progress=progress, **(attribution_options or {}))
-    timing["attribution"] = _since(t)
-    parts["attribution"] = attrs
-    tables["attribution"] = attrs.table()
-    for k, a in attrs.maps.items():
-        arrays[f"attr/{k}"] = a
-
-    t = _now()
-    mask_maps = pr.all_maps(size=images.shape[-1])
-    tables["agreement"] = map_agreement(mask_maps, attrs.maps, size=images.shape[-1]) if attrs.maps else pd.DataFrame()
-    timing["agreement"] = _since(t)
-
-    if interventions and pr.stages:
+    with channels_last(model):  # the faces' layout: a third faster on CPU; restored afterwards
         t = _now()
-        ir = intervene(model, images, labels, kinds=intervention_kinds, class_masks=pr,
-                       batch_size=max(batch_size, 64), device=device, seed=seed, progress=progress)
-        timing["interventions"] = _since(t)
-        parts["interventions"] = ir
-        tables["interventions"] = ir.table
+        pr = probe(model, images, labels, batch_size=max(batch_size, 64), device=device, max_keep=n,
+                   classes=classes, progress=progress)
+        timing["probe"] = _since(t)
+        parts["probe"] = pr
+        tables["stages"] = pr.stage_table()
+        tables["classes"] = pr.class_table()
+        arrays["preds"] = pr.preds
+        arrays["probs"] = pr.probs
+        if regions is not None:
+            arrays["regions"] = regions
+        for st in pr.stages:
+            for name, a in pr.maps[st.name].items():
+                arrays[f"mask/{st.name}/{name}"] = a
+            for name, a in pr.class_mean_maps[st.name].items():
+                arrays[f"class_mean/{st.name}/{name}"] = a
+        for s, d in pr.class_diff_maps().items():
+            for name, a in d.items():
+                arrays[f"class_diff/{s}/{name}"] = a
 
-    if faithfulness:
         t = _now()
-        available = dict(pr.primary_maps(size=images.shape[-1]))
-        available.update({f"{k}": v for k, v in mask_maps.items()})
-        available.update(attrs.maps)
-        if faithfulness_maps is None:
-            chosen = list(pr.primary_maps(size=None)) + [k for k in attrs.maps if not k.startswith("mask_attr/")]
-        else:
-            missing = [k for k in faithfulness_maps if k not in available]
-            if missing:
-                raise ValueError(f"unknown faithfulness map(s) {missing}; available: {sorted(available)}")
-            chosen = list(faithfulness_maps)
-        fr = deletion_insertion(model, images, labels, {k: available[k] for k in chosen}, steps=steps,
-                                seed=seed, device=device, progress=progress)
-        timing["faithfulness"] = _since(t)
-        parts["faithfulness"] = fr
-        tables["faithfulness"] = fr.table
-        for kind, d in fr.curves.items():
-            for k, c in d.items():
-                arrays[f"curves/{kind}/{k}"] = c
-        arrays["curves/fractions"] = fr.fractions
+        attrs = attribute(model, images, labels, methods=methods, target=target, batch_size=min(batch_size, 16),
+                          device=device, progress=progress, **(attribution_options or {}))
+        timing["attribution"] = _since(t)
+        parts["attribution"] = attrs
+        tables["attribution"] = attrs.table()
+        for k, a in attrs.maps.items():
+            arrays[f"attr/{k}"] = a
 
-    if do_loc:
         t = _now()
-        assert regions is not None
-        loc_maps = dict(mask_maps)
-        loc_maps.update(attrs.maps)
-        tables["localisation"] = localisation_table(loc_maps, regions, seed=seed)
-        timing["localisation"] = _since(t)
+        mask_maps = pr.all_maps(size=images.shape[-1])
+        tables["agreement"] = (map_agreement(mask_maps, attrs.maps, size=images.shape[-1]) if attrs.maps
+                               else pd.DataFrame())
+        timing["agreement"] = _since(t)
+
+        if interventions and pr.stages:
+            t = _now()
+            ir = intervene(model, images, labels, kinds=intervention_kinds, class_masks=pr,
+                           batch_size=max(batch_size, 64), device=device, seed=seed, progress=progress)
+            timing["interventions"] = _since(t)
+            parts["interventions"] = ir
+            tables["interventions"] = ir.table
+
+        if faithfulness:
+            t = _now()
+            available = dict(pr.primary_maps(size=images.shape[-1]))
+            available.update({f"{k}": v for k, v in mask_maps.items()})
+            available.update(attrs.maps)
+            if faithfulness_maps is None:
+                chosen = list(pr.primary_maps(size=None)) + [k for k in attrs.maps if not k.startswith("mask_attr/")]
+            else:
+                missing = [k for k in faithfulness_maps if k not in available]
+                if missing:
+                    raise ValueError(f"unknown faithfulness map(s) {missing}; available: {sorted(available)}")
+                chosen = list(faithfulness_maps)
+            fr = deletion_insertion(model, images, labels, {k: available[k] for k in chosen}, steps=steps,
+                                    seed=seed, device=device, progress=progress)
+            timing["faithfulness"] = _since(t)
+            parts["faithfulness"] = fr
+            tables["faithfulness"] = fr.table
+            for kind, d in fr.curves.items():
+                for k, c in d.items():
+                    arrays[f"curves/{kind}/{k}"] = c
+            arrays["curves/fractions"] = fr.fractions
+
+        if do_loc:
+            t = _now()
+            assert regions is not None
+            loc_maps = dict(mask_maps)
+            loc_maps.update(attrs.maps)
+            tables["localisation"] = localisation_table(loc_maps, regions, seed=seed)
+            timing["localisation"] = _since(t)
 
     timing["total"] = _since(t_all)
     tables["timing"] = pd.DataFrame([{"step": k, "seconds": w, "cpu_seconds": c, "n_images": n}

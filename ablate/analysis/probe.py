@@ -112,6 +112,20 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+@contextmanager
+def channels_last(model: nn.Module) -> Iterator[nn.Module]:
+    """Hold the weights in channels_last (the layout ``prepare_input`` gives the faces; a third faster on
+    CPU than mixing layouts) and restore the previous layout afterwards. Values are unchanged."""
+    conv = next((m.weight for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    was_cl = conv is None or (conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous())
+    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    try:
+        yield model
+    finally:
+        if not was_cl:
+            model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+
+
 def batch_slices(n: int, batch_size: int) -> list[slice]:
     """Consecutive slices covering ``range(n)``: every analysis runs batched to bound memory."""
     if batch_size < 1:
