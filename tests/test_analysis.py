@@ -376,3 +376,22 @@ def test_analyse_refuses_an_empty_split(tiny):
     # an empty split is an error that says so, not an empty report
     with pytest.raises(ValueError, match="nothing to analyse"):
         analyse(tiny, empty, progress=False)
+
+
+def test_channels_last_keeps_values_and_restores_the_layout():
+    from ablate.analysis.probe import channels_last
+
+    torch.manual_seed(0)
+    model = create_model("resmasknet_tiny").eval()
+    x = model.prepare_input(torch.randint(0, 256, (3, 48, 48), dtype=torch.uint8))
+    with torch.no_grad():
+        before = model(x)
+        with channels_last(model):
+            conv = model.layer1[0].conv1.weight
+            assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+            inside = model(x)
+        after = model(x)
+    # the same numbers in either layout, and the caller's layout comes back
+    torch.testing.assert_close(inside, before, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(after, before)
+    assert model.layer1[0].conv1.weight.is_contiguous()

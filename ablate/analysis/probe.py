@@ -116,7 +116,8 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 def channels_last(model: nn.Module) -> Iterator[nn.Module]:
     """Hold the weights in channels_last (the layout ``prepare_input`` gives the faces; a third faster on
     CPU than mixing layouts) and restore the previous layout afterwards. Values are unchanged."""
-    conv = next((m.weight for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    conv = next((m.weight for m in model.modules()  # a weight whose two layouts differ (C > 1, k > 1)
+                 if isinstance(m, nn.Conv2d) and m.weight.shape[1] > 1 and m.weight.shape[2:].numel() > 1), None)
     was_cl = conv is None or (conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous())
     model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     try:
