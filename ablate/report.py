@@ -259,7 +259,9 @@ def mask_sentences(tables: dict[str, pd.DataFrame]) -> list[str]:
             z = z.iloc[0]
             parts.append(f"Removing it (zero mask) changes accuracy from {100 * z.base_accuracy:.1f}% to "
                          f"{100 * z.accuracy:.1f}% ({100 * z.delta_accuracy:+.1f} points) and flips "
-                         f"{100 * z.flip_rate:.1f}% of predictions on {int(z.n)} faces.")
+                         f"{100 * z.flip_rate:.1f}% of predictions on {int(z.n)} faces"
+                         + (f" ({int(z.broken)} faces go from right to wrong, {int(z.fixed)} from wrong to right; "
+                            f"exact McNemar p = {z.mcnemar_p:.2g})." if "mcnemar_p" in z else "."))
         out.append(" ".join(parts))
     return out
 

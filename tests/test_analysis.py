@@ -169,6 +169,7 @@ def test_interventions_on_unapplied_masks_change_nothing(faces):
     # the unapplied control never uses its mask: no intervention can move a logit or a prediction
     assert len(t) == 4 * 5
     assert (t["mean_abs_dlogit"] == 0).all() and (t["flip_rate"] == 0).all() and (t["delta_accuracy"] == 0).all()
+    assert (t["broken"] == 0).all() and (t["fixed"] == 0).all() and (t["mcnemar_p"] == 1).all()
     # and the stages are flagged as unapplied
     assert not t["applied"].any()
 
@@ -178,6 +179,12 @@ def test_interventions_on_applied_masks_change_logits(tiny, tiny_probe, faces):
     t = res.table.set_index(["mask", "kind"])
     # removing a residual mask (zero) changes the logits at every stage of the real network
     assert (t.xs("zero", level="kind")["mean_abs_dlogit"] > 1e-6).all()
+    # the paired counts are those of the stored predictions
+    y = faces[1]
+    for (mask, kind), row in t.iterrows():
+        pred, base = res.predictions[f"{mask}/{kind}"], res.predictions["base"]
+        assert row["broken"] == ((base == y) & (pred != y)).sum() and row["fixed"] == ((base != y) & (pred == y)).sum()
+        assert 0 <= row["mcnemar_p"] <= 1
     # base predictions agree with a plain forward pass
     assert res.predictions["base"].shape == (N,)
     np.testing.assert_array_equal(res.predictions["base"], tiny_probe.preds)

@@ -193,16 +193,21 @@ def intervene(
                 s[3] += (p != bp).sum().item()
                 s[4] += (p == lab).sum().item()
 
+    from ablate.stats import mcnemar_exact
+
     base_acc = float((base_pred == labels_arr).mean()) if n else float("nan")
     rows = []
     for st, kind in keys:
         key = f"{st.name}/{kind}"
         s = sums[key] / max(n, 1)
+        # paired: faces the intervention breaks (right before, wrong after) and fixes; exact McNemar p
+        mc = mcnemar_exact(labels_arr, base_pred, preds[key]) if n else None
         rows.append({
             "stage": st.stage, "mask": st.name, "kind": kind, "activation": st.activation,
             "application": st.application, "applied": st.applied, "n": n,
             "accuracy": s[4], "base_accuracy": base_acc, "delta_accuracy": s[4] - base_acc,
             "mean_abs_dlogit": s[0], "mean_dlogit_true": s[1], "mean_dprob_true": s[2], "flip_rate": s[3],
+            "broken": mc.b if mc else 0, "fixed": mc.c if mc else 0, "mcnemar_p": mc.pvalue if mc else float("nan"),
         })
     preds["base"] = base_pred
     return InterventionResult(table=pd.DataFrame(rows), base_accuracy=base_acc, predictions=preds)
