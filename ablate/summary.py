@@ -4,6 +4,7 @@ importances beside the measured effects and the Pareto front."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,13 @@ def summarize(session: Session, metric: str = "test_acc") -> dict[str, Any]:
 
         ostudy = load_optuna_study(session)
         try:
-            imp = optuna.importance.get_param_importances(ostudy, target=(lambda t: t.values[0])
-                                                          if len(study.objectives) > 1 else None)
+            target = None
+            if len(study.objectives) > 1:  # importance for the first objective; PED-ANOVA ranks low targets
+                sign = -1.0 if ostudy.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
+                target = lambda t: sign * t.values[0]  # noqa: E731
+            with warnings.catch_warnings():  # its "low target values" notice: handled by the sign above
+                warnings.filterwarnings("ignore", message=".*low `target` values.*")
+                imp = optuna.importance.get_param_importances(ostudy, target=target)
         except Exception:  # too few trials for the importance model
             imp = {}
         space = list(study.search["space"])
