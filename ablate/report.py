@@ -114,7 +114,7 @@ class _Atomic:
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.dest.name}.tmp-", dir=self.dest.parent))
         return self.tmp
 
-    def __exit__(self, exc_type, exc, tb) -> None:  # type: ignore[no-untyped-def]
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
@@ -178,7 +178,8 @@ def confusion_figure(cms: dict[str, np.ndarray], classes: Sequence[str], baselin
     fig = _figure(figsize=(4.2 * len(names) + 1, 3.9 * rows))
     axes = np.atleast_2d(fig.subplots(rows, len(names), squeeze=False))
     vmax = max(int(c.max()) for c in cms.values()) or 1
-    diffs = {n: row_normalise(cms[n]) - row_normalise(cms[baseline]) for n in names} if rows == 3 else {}
+    diffs = ({n: row_normalise(cms[n]) - row_normalise(cms[str(baseline)]) for n in names} if rows == 3
+             else {})
     dmax = max([float(np.abs(d).max()) for d in diffs.values()] + [1e-9]) if diffs else 1
     for j, n in enumerate(names):
         sns.heatmap(cms[n], ax=axes[0, j], annot=True, fmt="d", cmap="Blues", vmin=0, vmax=vmax, square=True,
@@ -395,7 +396,7 @@ def build_report(session: Any, out: str | Path | None = None, *, n_images: int =
         # 4 confusion
         page.h(SECTIONS[3])
         if preds and y_true is not None:
-            cms = {v: sum(confusion(y_true, p, k) for p in ps) for v, ps in preds.items()}
+            cms = {v: np.sum([confusion(y_true, p, k) for p in ps], axis=0) for v, ps in preds.items()}
             fig, arr = confusion_figure(cms, classes, study.baseline)
             page.figure(fig, arr, "confusion", "confusion matrices summed over seeds; bottom row: difference "
                         "to the baseline (row-normalised)")

@@ -125,7 +125,7 @@ def study_lock(session: Session) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _directions(study: Study) -> list[str]:
+def _directions(study: Study) -> list[Any]:
     return [o.direction for o in study.objectives]
 
 
@@ -187,8 +187,9 @@ def maintain(session: Session, ostudy: optuna.Study, tracker: Tracker | None = N
                     if t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)}
             attempts: dict[int, int] = {}
             for t in trials:
-                if t.state == TrialState.FAIL and cell_of(t) is not None:
-                    attempts[cell_of(t)] = attempts.get(cell_of(t), 0) + 1
+                c = cell_of(t)
+                if t.state == TrialState.FAIL and c is not None:
+                    attempts[c] = attempts.get(c, 0) + 1
             for i, _cell in enumerate(session.study.cells):
                 if i not in busy and attempts.get(i, 0) < MAX_ATTEMPTS:
                     ostudy.enqueue_trial({"cell": i}, skip_if_exists=False)
@@ -281,7 +282,7 @@ def _load_data(spec: str) -> Any:
 
 
 def sample_space(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
-    out = {}
+    out: dict[str, Any] = {}
     for key, spec in space.items():
         if "int" in spec:
             out[key] = trial.suggest_int(key, *spec["int"], step=spec.get("step", 1), log=spec.get("log", False))
@@ -339,7 +340,7 @@ def run_trial(session: Session, ostudy: optuna.Study, trial: optuna.Trial, track
                 raise StopTraining(f"pruned by Optuna at epoch {epoch}")
 
     try:
-        data = _load_data(study.resolved("data"))
+        data = _load_data(str(study.resolved("data")))
         model = ResMaskNet(cfg)
         if study.pretrained:
             from resmasknet.pretrained import load_imagenet_backbone

@@ -130,7 +130,7 @@ class Study:
             keep = set(tiny["variants"]) | {self.baseline}
             unknown = keep - {v.name for v in self.variants}
             if unknown:
-                raise StudyError(f"{self.path}: tiny.variants names unknown variant(s) {sorted(unknown)}")
+                raise StudyError(f"{self.path}: tiny.variants names unknown variant(s) {sorted(map(str, unknown))}")
             variants = tuple(v for v in self.variants if v.name in keep)
         return dataclasses.replace(self, model=tiny.get("model", self.model), model_overrides=overrides,
                                    pretrained=tiny.get("pretrained", self.pretrained),

@@ -8,6 +8,7 @@ Models are logged as a state dict plus config (our checkpoint format), not with 
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import subprocess
@@ -64,9 +65,10 @@ class Tracker:
     def ensure_experiment(self) -> str:
         exp = _retry(lambda: self.client.get_experiment_by_name(self.experiment_name))
         if exp is None:
-            kwargs = {"artifact_location": Path(self.artifact_root).resolve().as_uri()} if self.artifact_root else {}
+            location = Path(self.artifact_root).resolve().as_uri() if self.artifact_root else None
             try:
-                self._experiment_id = _retry(lambda: self.client.create_experiment(self.experiment_name, **kwargs))
+                self._experiment_id = _retry(lambda: self.client.create_experiment(self.experiment_name,
+                                                                                   artifact_location=location))
             except Exception:  # created meanwhile by another process
                 exp = self.client.get_experiment_by_name(self.experiment_name)
                 if exp is None:
@@ -96,7 +98,7 @@ class Tracker:
 
         items = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            _retry(lambda chunk=items[i:i + 100]: self.client.log_batch(run_id, params=chunk))
+            _retry(functools.partial(self.client.log_batch, run_id, params=items[i:i + 100]))
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric

@@ -119,12 +119,12 @@ def channels_last(model: nn.Module) -> Iterator[nn.Module]:
     conv = next((m.weight for m in model.modules()  # a weight whose two layouts differ (C > 1, k > 1)
                  if isinstance(m, nn.Conv2d) and m.weight.shape[1] > 1 and m.weight.shape[2:].numel() > 1), None)
     was_cl = conv is None or (conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous())
-    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    model.to(memory_format=torch.channels_last)
     try:
         yield model
     finally:
         if not was_cl:
-            model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+            model.to(memory_format=torch.contiguous_format)
 
 
 def batch_slices(n: int, batch_size: int) -> list[slice]:

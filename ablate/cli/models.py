@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from resmasknet.config import ConfigError
 
 
-def _parse_sets(items: list[str] | None) -> dict[str, object]:
+def _parse_sets(items: list[str] | None) -> dict[str, Any]:
     """`--set mask2.enabled=false --set base_width=32` -> overrides, values parsed as JSON when they can be."""
-    out: dict[str, object] = {}
+    out: dict[str, Any] = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
