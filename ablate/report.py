@@ -282,10 +282,8 @@ ANALYSIS_PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-def analysis_options(profile: str | bool) -> dict[str, Any]:
-    """Options for ``analyse`` by profile name (``fast``, ``standard``, ``full``); True/False mean fast/full."""
-    if isinstance(profile, bool):
-        profile = "fast" if profile else "full"
+def analysis_options(profile: str) -> dict[str, Any]:
+    """Options for ``analyse`` by profile name (``fast``, ``standard``, ``full``)."""
     if profile not in ANALYSIS_PROFILES:
         raise ValueError(f"unknown analysis profile {profile!r}; choose from {sorted(ANALYSIS_PROFILES)}")
     return dict(ANALYSIS_PROFILES[profile])
@@ -518,8 +516,8 @@ def build_checkpoint_report(checkpoint: str | Path, data: str | Path, out: str |
         if fig is not None:
             page.figure(fig, arr, "misclassified", "misclassified images per confusion cell")
         page.h(CHECKPOINT_SECTIONS[4])
-        res = analysis_section(page, model, test, f"{n_images} of {len(test)} {split} images", n_images, analysis,
-                               progress, prefix="model")
+        label = f"{min(n_images, len(test))} of {len(test)} {split} images"
+        res = analysis_section(page, model, test, label, n_images, analysis, progress, prefix="model")
         page.h(CHECKPOINT_SECTIONS[5])
         page.ul(mask_sentences(res.tables))
         page.p(f"report built in {time.perf_counter() - t0:.0f} s", "note")

@@ -191,10 +191,13 @@ def test_analyse_checkpoint_report(report, tmp_path, capsys):
     # a bad profile or a missing checkpoint is a clear error, and nothing is left looking complete
     assert main(["analyse", str(tmp_path / "none.pt"), "--data", "generated", "--out", str(tmp_path / "x")]) == 2
     assert "none.pt" in capsys.readouterr().err and not (tmp_path / "x").exists()
-    from ablate.report import analysis_options
+    from ablate.cli.report import PROFILES
+    from ablate.report import ANALYSIS_PROFILES, analysis_options
 
     with pytest.raises(ValueError, match="profile 'huge'"):
         analysis_options("huge")
+    # the command line offers exactly the profiles the report knows
+    assert set(PROFILES) == set(ANALYSIS_PROFILES)
 
 
 def load_checkpoint_masks(path: Path) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+PROFILES = ("fast", "standard", "full")  # ablate.report.ANALYSIS_PROFILES, named here to keep --help import-light
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from ablate.cli.study import _common
@@ -12,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = _common(sub, "report", "self-contained HTML report of a study (reports/<study>/index.html)")
     p.add_argument("--report-dir", help="where to write the report (default reports/<study-name>/)")
     p.add_argument("--n-images", type=int, default=200, help="test images for the mask analysis (default 200)")
-    p.add_argument("--analysis", choices=("fast", "standard", "full"), default="standard",
+    p.add_argument("--analysis", choices=PROFILES, default="standard",
                    help="mask-analysis profile: fast (saliency, GradCAM, mask attribution; 5 deletion steps), "
                         "standard (every method at coarser settings; default), full (IG 32 steps, 20 deletion "
                         "steps, fine occlusion)")
@@ -25,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="'generated[:...]', a fer2013.csv or a folder")
     p.add_argument("--split", default="test", help="train, val or test (default: test, i.e. PrivateTest)")
     p.add_argument("--n-images", type=int, default=500, help="faces analysed, a seeded subset (default 500)")
-    p.add_argument("--analysis", choices=("fast", "standard", "full"), default="standard",
+    p.add_argument("--analysis", choices=PROFILES, default="standard",
                    help="analysis profile (see `ablate report --help`; default standard)")
     p.add_argument("--skip-bad-rows", action="store_true", help="drop malformed rows instead of stopping")
     p.add_argument("--out", help="output folder (default reports/analyse/<checkpoint folder name>)")
