@@ -15,7 +15,6 @@ JournalStorage: SQLite locks under parallel workers) and `mlflow.db` (MLflow's d
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import json
 import os
@@ -31,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 from optuna.trial import TrialState
 
@@ -270,17 +268,6 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
 
-_DATA_CACHE: dict[str, Any] = {}
-
-
-def _load_data(spec: str) -> Any:
-    if spec not in _DATA_CACHE:
-        from resmasknet.data import load_data
-
-        _DATA_CACHE[spec] = load_data(spec)
-    return _DATA_CACHE[spec]
-
-
 def sample_space(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, spec in space.items():
@@ -291,135 +278,6 @@ def sample_space(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = trial.suggest_categorical(key, spec["choice"])
     return out
-
-
-def run_trial(session: Session, ostudy: optuna.Study, trial: optuna.Trial, tracker: Tracker) -> None:
-    """Train, evaluate and track one trial; tell Optuna last, after MLflow has the finished run."""
-    from ablate.study import _split_overrides
-    from resmasknet.model import ResMaskNet, count_macs, count_parameters
-    from resmasknet.train import StopTraining, TrainConfig, train
-
-    study = session.study
-    storage = ostudy._storage
-    if study.mode == "grid":
-        cell = cell_of(ostudy._storage.get_trial(trial._trial_id))
-        if cell is None:
-            raise RuntimeError("popped a trial without a cell")
-        cell = trial.suggest_int("cell", 0, len(study.cells) - 1)
-        vname, seed = study.cells[cell]
-        variant = study.variant(vname)
-        model_ov, train_ov = variant.model, variant.train
-    else:
-        vname, seed = f"trial{trial.number}", study.seeds[0]
-        model_ov, train_ov = _split_overrides(sample_space(trial, study.search["space"]), "search.space", study.path)
-    cfg = study.net_config(model_ov)
-    tcfg = TrainConfig(**{**study.train, **train_ov, "seed": seed})
-    trial_dir = session.paths.trial_dir(trial.number)
-    params = {**{f"model.{k}": v for k, v in cfg.flat().items()},
-              **{f"train.{k}": v for k, v in dataclasses.asdict(tcfg).items()},
-              "variant": vname, "seed": seed, "data": study.data, "preset": study.model}
-    device = session.device
-    parent = ostudy.user_attrs["mlflow_parent_run_id"]
-    run_id = tracker.start_trial(parent, f"{vname}/seed{seed}", params,
-                                 tags={"ablate.study": study.name, "variant": vname, "seed": str(seed),
-                                       "device": device, "optuna_trial": str(trial.number)})
-    storage.set_trial_user_attr(trial._trial_id, "mlflow_run_id", run_id)
-    storage.set_trial_user_attr(trial._trial_id, "variant", vname)
-    storage.set_trial_user_attr(trial._trial_id, "seed", seed)
-    beat = Heartbeat(storage, trial._trial_id)
-    prune = study.mode == "search" and len(study.objectives) == 1 and study.search.get("pruner") != "none"
-    pruned = False
-
-    def callback(epoch: int, metrics: dict[str, float]) -> None:
-        nonlocal pruned
-        tracker.log_metrics(run_id, metrics, step=epoch)
-        if prune and "val_acc" in metrics:
-            trial.report(metrics["val_acc"], epoch)
-            if trial.should_prune():
-                pruned = True
-                raise StopTraining(f"pruned by Optuna at epoch {epoch}")
-
-    try:
-        data = _load_data(str(study.resolved("data")))
-        model = ResMaskNet(cfg)
-        if study.pretrained:
-            from resmasknet.pretrained import load_imagenet_backbone
-
-            load_imagenet_backbone(model, study.resolved("pretrained"))
-        result = train(model, data, tcfg, out_dir=trial_dir, callback=callback, device=device,
-                       progress=session.progress)
-        final = finish_metrics(model, data, result, trial_dir, device, tta=study.tta)
-        final["params"] = count_parameters(model)
-        final["macs"] = count_macs(model)
-        tracker.log_metrics(run_id, final)
-        tracker.set_tags(run_id, {"status": result.status})
-        for name in ("metrics.json", "predictions.npz", "confusion.csv", "history.json", "best.pt"):
-            if (trial_dir / name).exists():
-                tracker.log_artifact(run_id, trial_dir / name)
-        for k, v in final.items():
-            storage.set_trial_user_attr(trial._trial_id, k, v)
-        storage.set_trial_user_attr(trial._trial_id, "trial_dir", str(trial_dir.resolve()))
-        if pruned:
-            tracker.finish(run_id, "FINISHED")
-            beat.stop()
-            ostudy.tell(trial, state=TrialState.PRUNED)
-            return
-        values = [final[o.metric] for o in study.objectives]
-        tracker.finish(run_id, "FINISHED")
-        beat.stop()
-        ostudy.tell(trial, values)
-    except BaseException as exc:
-        beat.stop()
-        with contextlib.suppress(Exception):
-            tracker.set_tags(run_id, {"error": f"{type(exc).__name__}: {exc}"[:4000]})
-            tracker.finish(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        with contextlib.suppress(Exception):
-            storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"{type(exc).__name__}: {exc}"[:2000])
-            ostudy.tell(trial, state=TrialState.FAIL)
-        raise
-
-
-def finish_metrics(model: Any, data: Any, result: Any, trial_dir: Path, device: str, tta: bool = True
-                   ) -> dict[str, float]:
-    """Evaluate the best checkpoint on validation and test (plain and with the authors' TTA), save the
-    per-image test predictions the paired statistics need, and time inference."""
-    from resmasknet.checkpoint import load_checkpoint
-    from resmasknet.evaluate import evaluate
-
-    best = trial_dir / "best.pt"
-    if best.exists():
-        model, _ = load_checkpoint(best, map_location=device)
-    model = model.to(device).eval()
-    val = evaluate(model, data.select("val"), device=device)
-    test = evaluate(model, data.select("test"), device=device)
-    test.save(trial_dir)
-    y = np.asarray(test.labels)
-    extra: dict[str, Any] = {}
-    metrics = {"val_acc": float(val.accuracy), "test_acc": float(test.accuracy),
-               "latency_ms": latency_ms(model, device), "epochs_run": float(len(getattr(result, "history", []) or []))}
-    if tta:
-        tta_result = evaluate(model, data.select("test"), device=device, tta="authors")
-        extra["pred_tta"] = np.asarray(tta_result.predictions)
-        metrics["test_acc_tta"] = float(tta_result.accuracy)
-    np.savez_compressed(trial_dir / "predictions.npz", y_true=y, pred=np.asarray(test.predictions),
-                        prob=np.asarray(test.probabilities, dtype=np.float32), **extra)
-    return metrics
-
-
-def latency_ms(model: Any, device: str, batch: int = 1, reps: int = 5) -> float:
-    import torch
-
-    cfg = model.config
-    x = torch.rand(batch, cfg.in_chans, cfg.input_size, cfg.input_size, device=device)
-    x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        model(x)
-        t = time.perf_counter()
-        for _ in range(reps):
-            model(x)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-    return (time.perf_counter() - t) / reps * 1000 / batch
 
 
 def work(session: Session, max_trials: int | None = None) -> int:
@@ -444,6 +302,8 @@ def work(session: Session, max_trials: int | None = None) -> int:
             ostudy.tell(trial, state=TrialState.FAIL)
             break
         try:
+            from ablate.trial import run_trial
+
             run_trial(session, ostudy, trial, tracker)
         except KeyboardInterrupt:
             raise

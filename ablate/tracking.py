@@ -114,8 +114,18 @@ class Tracker:
 
         _retry(lambda: self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
 
-    def log_artifacts(self, run_id: str, folder: str | os.PathLike, path: str | None = None) -> None:
-        _retry(lambda: self.client.log_artifacts(run_id, os.fspath(folder), artifact_path=path))
+    def log_artifacts(self, run_id: str, folder: str | os.PathLike, path: str | None = None,
+                      skip: tuple[str, ...] = ()) -> None:
+        """Upload a folder's files (recursively) under `path`, leaving out top-level names in `skip`."""
+        root = Path(folder)
+        for item in sorted(root.iterdir()):
+            if item.name in skip or item.name.startswith("."):
+                continue
+            sub = f"{path}/{item.name}" if path else item.name
+            if item.is_dir():
+                _retry(lambda item=item, sub=sub: self.client.log_artifacts(run_id, os.fspath(item), artifact_path=sub))
+            else:
+                _retry(lambda item=item: self.client.log_artifact(run_id, os.fspath(item), artifact_path=path))
 
     def log_artifact(self, run_id: str, file: str | os.PathLike, path: str | None = None) -> None:
         _retry(lambda: self.client.log_artifact(run_id, os.fspath(file), artifact_path=path))

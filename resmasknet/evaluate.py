@@ -26,18 +26,9 @@ from torch import Tensor
 
 from resmasknet.augment import TTA_MODES, predict_proba
 from resmasknet.model import ResMaskNet
+from resmasknet.runtime import atomic_write, atomic_write_json, resolve_device
 
 __all__ = ["EvalResult", "evaluate", "predict", "resolve_device"]
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """None -> CUDA when available, else CPU; a name ("cpu", "cuda:1") is checked up front."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available here; use --device cpu")
-    return dev
 
 
 def predict(model: ResMaskNet, images: Tensor | np.ndarray, *, batch_size: int = 256,
@@ -122,20 +113,28 @@ class EvalResult:
         }
 
     def save(self, folder: str | os.PathLike) -> Path:
-        """Write metrics.json, predictions.csv (one row per image) and predictions.npz into `folder`."""
+        """Write metrics.json, predictions.csv (one row per image) and predictions.npz into `folder`, each
+        atomically (a failed write leaves no file that looks complete)."""
         out = Path(folder)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        np.savez_compressed(out / "predictions.npz", index=self.index, label=self.labels,
-                            prediction=self.predictions, probabilities=self.probabilities.astype(np.float32),
-                            classes=np.array(self.classes))
-        with open(out / "predictions.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["index", "label", "prediction", "correct", *[f"p_{c}" for c in self.classes]])
-            for i in range(self.n):
-                w.writerow([int(self.index[i]), int(self.labels[i]), int(self.predictions[i]),
-                            int(self.labels[i] == self.predictions[i]),
-                            *(f"{p:.6f}" for p in self.probabilities[i])])
+
+        def write_npz(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, index=self.index, label=self.labels, prediction=self.predictions,
+                                    probabilities=self.probabilities.astype(np.float32),
+                                    classes=np.array(self.classes))
+
+        def write_csv(tmp: str) -> None:
+            with open(tmp, "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(["index", "label", "prediction", "correct", *[f"p_{c}" for c in self.classes]])
+                for i in range(self.n):
+                    w.writerow([int(self.index[i]), int(self.labels[i]), int(self.predictions[i]),
+                                int(self.labels[i] == self.predictions[i]),
+                                *(f"{p:.6f}" for p in self.probabilities[i])])
+
+        atomic_write(out / "predictions.npz", write_npz)
+        atomic_write(out / "predictions.csv", write_csv)
+        atomic_write_json(out / "metrics.json", self.to_dict())  # last: its presence marks a complete save
         return out
 
     @classmethod

@@ -13,6 +13,9 @@ Stable taps, for hooks, Captum layer methods and reports (N = 1..4):
 
 from __future__ import annotations
 
+import hashlib
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -116,14 +119,51 @@ class MaskActivation(nn.Module):
         return self.kind
 
 
-def _kaiming_init(module: nn.Module) -> None:
-    """torchvision's ResNet initialisation: He-normal convolutions (fan out), BatchNorm at identity."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+def module_seed(seed: int, name: str) -> int:
+    """The seed of one module's initial weights: a hash of (seed, qualified module name). Two networks
+    built with the same seed start every module they share (same name, same shape) from the same weights,
+    so variants of a study compare with common random numbers."""
+    digest = hashlib.sha256(f"resmasknet-init:{int(seed)}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _fan_in(weight: Tensor) -> int:
+    return int(weight.shape[1] * weight[0][0].numel()) if weight.dim() > 1 else int(weight.shape[0])
+
+
+def init_weights(model: nn.Module, seed: int) -> None:
+    """Initialise every parameter of `model` from per-module generators seeded by (seed, module name).
+
+    Convolutions: He-normal, fan out (torchvision's ResNet); BatchNorm: identity (weight 1, bias 0, fresh
+    running statistics); Linear and ConvTranspose2d: PyTorch's default (Kaiming-uniform, a=sqrt(5), and
+    uniform bias); the last BatchNorm of every residual branch inside a masking block starts at zero, so
+    each mask block starts as the identity. The global RNG is neither used nor advanced."""
+    zero_bn = {id(m.bn2) for mb in model.modules() if isinstance(mb, MaskBlock)
+               for m in mb.modules() if isinstance(m, BasicBlock)}
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if not any(True for _ in m.parameters(recurse=False)) and not isinstance(m, nn.BatchNorm2d):
+                continue
+            g = torch.Generator().manual_seed(module_seed(seed, name))
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=g)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.Linear, nn.ConvTranspose2d)):
+                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=g)
+                if m.bias is not None:
+                    # PyTorch's default bias bound; ConvTranspose2d's fan-in is computed on its (in, out)
+                    # weight layout exactly as torch's _ConvNd.reset_parameters does
+                    bound = 1 / math.sqrt(_fan_in(m.weight)) if _fan_in(m.weight) > 0 else 0.0
+                    nn.init.uniform_(m.bias, -bound, bound, generator=g)
+            elif isinstance(m, nn.BatchNorm2d):
+                m.reset_running_stats()
+                nn.init.zeros_(m.weight) if id(m) in zero_bn else nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            else:  # a module type this network does not use: its own default, drawn from g
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(module_seed(seed, name))
+                    m.reset_parameters()  # type: ignore[operator]
 
 
 class MaskBlock(nn.Module):
@@ -152,13 +192,6 @@ class MaskBlock(nn.Module):
             setattr(self, f"conv{k}", unet_block(2 * lo, lo))
         setattr(self, f"conv{2 * d}", unet_block(widths[1], channels))
         self.activation = MaskActivation(cfg.activation)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        _kaiming_init(self)
-        for m in self.modules():
-            if isinstance(m, BasicBlock):  # each residual branch starts as the identity
-                nn.init.zeros_(m.bn2.weight)
 
     def forward(self, x: Tensor) -> Tensor:
         d = self.depth
@@ -196,7 +229,9 @@ class Refine(nn.Module):
 class ResMaskNet(nn.Module):
     """A ResNet whose stages are each followed by an optional masking block (see `NetConfig`)."""
 
-    def __init__(self, config: NetConfig):
+    def __init__(self, config: NetConfig, *, seed: int | None = None):
+        """seed: the initial weights (see `init_weights`); None draws one from torch's global generator,
+        so `torch.manual_seed(s)` before building still gives a reproducible network."""
         super().__init__()
         self.config = config
         block = BasicBlock if config.block == "basic" else Bottleneck
@@ -220,14 +255,14 @@ class ResMaskNet(nn.Module):
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Sequential(nn.Dropout(config.drop_rate), nn.Linear(cin, config.num_classes))
-        self._init_backbone()
         for i, mc in enumerate(config.masks):
             if mc.enabled:
                 setattr(self, f"mask{i + 1}", MaskBlock(config.stage_channels[i], mc))
             setattr(self, f"refine{i + 1}", Refine(mc.application if mc.enabled else None))
-
-    def _init_backbone(self) -> None:
-        _kaiming_init(self)
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        self.init_seed = int(seed)
+        init_weights(self, self.init_seed)
 
     # ---- forward ---------------------------------------------------------------------------
     def stage(self, i: int) -> tuple[nn.Module, nn.Module | None, nn.Module]:

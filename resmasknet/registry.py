@@ -61,13 +61,17 @@ def get_config(name: str, **overrides: Any) -> NetConfig:
     return cfg.replace(**overrides) if overrides else cfg
 
 
-def create_model(name: str | NetConfig, *, pretrained: str | None = None, **overrides: Any) -> ResMaskNet:
+def create_model(name: str | NetConfig, *, pretrained: str | None = None, seed: int | None = None,
+                 **overrides: Any) -> ResMaskNet:
     """Build a preset (or a config), with `NetConfig.replace` overrides such as `**{"mask2.depth": 1}`.
+
+    `seed`: the initial weights, each module's drawn from (seed, module name), so two variants built with one
+    seed share the initial weights of every module they have in common; None draws from torch's global RNG.
 
     `pretrained`: a local torchvision ResNet weights file for the backbone (nothing is downloaded).
     """
     cfg = name if isinstance(name, NetConfig) else get_config(name)
-    model = ResMaskNet(cfg.replace(**overrides) if overrides else cfg)
+    model = ResMaskNet(cfg.replace(**overrides) if overrides else cfg, seed=seed)
     if pretrained is not None:
         from resmasknet.pretrained import load_imagenet_backbone
 

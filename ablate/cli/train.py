@@ -94,8 +94,12 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    model = create_model(args.model, pretrained=args.pretrained, **_parse_sets(args.set))
-    cfg = _train_config(args, model)
+    from resmasknet.registry import get_config
+
+    net_cfg = get_config(args.model, **_parse_sets(args.set))
+    cfg = _train_config(args, net_cfg)
+    # the seed decides the initial weights too (each module's from (seed, module name)): same seed, same run
+    model = create_model(net_cfg, pretrained=args.pretrained, seed=cfg.seed)
     t0 = time.perf_counter()
     data = load_data(args.data, skip_bad_rows=args.skip_bad_rows)
     print(f"data: {data!r} loaded in {time.perf_counter() - t0:.1f}s; "

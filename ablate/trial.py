@@ -1,0 +1,379 @@
+"""One trial, one record: what a trial produced, written once and read back one way.
+
+A finished trial's folder (`runs/<study>/trials/NNNN/`) holds
+
+    record.json          study, trial number, variant, seed, status, network and training config, metrics,
+                         and the artifact paths below; written last, atomically: its presence means complete
+    test/                the test-split evaluation (`resmasknet.evaluate.EvalResult.save`: metrics.json,
+                         predictions.npz with index / label / prediction / probabilities, predictions.csv)
+    test_tta_authors/    the same with the authors' TTA (when the study asks for TTA)
+    best.pt, history.json
+
+The same folder is uploaded as the MLflow run's `record` artifact. `read_trials(session)` asks the Optuna
+storage which trials are complete, reads each record from its folder, falls back to the MLflow artifact
+(another machine ran it) and says which source it used and what it could not read. The summary, the report
+and the notebooks read trials only through it.
+
+Example:
+    >>> trials = read_trials(session)
+    >>> trials.describe()                  # "9 trials: 9 from files (runs/quickstart/trials)"
+    >>> rec = trials.records[0]
+    >>> rec.variant, rec.seed, rec.metrics["test_acc"], rec.evaluation().confusion
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from resmasknet.runtime import atomic_write_json
+
+if TYPE_CHECKING:
+    import optuna
+
+    from ablate.runner import Session
+    from ablate.tracking import Tracker
+    from resmasknet.evaluate import EvalResult
+
+log = logging.getLogger(__name__)
+
+RECORD = "record.json"
+FORMAT = "ablate-trial/1"
+ARTIFACT_PATH = "record"  # the MLflow artifact folder that mirrors the trial folder
+
+
+@dataclass
+class TrialRecord:
+    """Everything one trial produced. `folder` is where its files are (a download for MLflow records)."""
+
+    study: str
+    trial: int
+    variant: str
+    seed: int
+    status: str  # the training status: completed, early_stopped, time_limit, pruned, ...
+    metrics: dict[str, float]
+    config: dict[str, Any]  # NetConfig.to_dict()
+    train: dict[str, Any]  # TrainConfig.to_dict()
+    artifacts: dict[str, str] = field(default_factory=dict)  # name -> path relative to folder
+    mlflow_run_id: str | None = None
+    folder: Path | None = None
+    source: str = "files"  # files | mlflow
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("folder")
+        d.pop("source")
+        return {"format": FORMAT, **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], folder: Path | None = None, source: str = "files") -> TrialRecord:
+        if d.get("format") != FORMAT:
+            raise ValueError(f"{folder / RECORD if folder else RECORD}: not a trial record "
+                             f"(format {d.get('format')!r}, expected {FORMAT!r})")
+        fields = {k: d[k] for k in ("study", "trial", "variant", "seed", "status", "metrics", "config", "train",
+                                    "artifacts", "mlflow_run_id")}
+        return cls(**fields, folder=folder, source=source)
+
+    def path(self, artifact: str) -> Path:
+        if self.folder is None or artifact not in self.artifacts:
+            raise KeyError(f"trial {self.trial} ({self.variant}/seed{self.seed}) has no artifact {artifact!r}; "
+                           f"it has {sorted(self.artifacts)}")
+        return self.folder / self.artifacts[artifact]
+
+    def evaluation(self, name: str = "test") -> EvalResult:
+        """The saved evaluation `name` ("test" or "test_tta_authors") as an EvalResult."""
+        from resmasknet.evaluate import EvalResult
+
+        return EvalResult.load(self.path(name))
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path("best.pt")
+
+    @property
+    def label(self) -> str:
+        return f"{self.variant}/seed{self.seed}"
+
+
+def write_record(folder: str | os.PathLike, record: TrialRecord) -> Path:
+    """Write record.json last and atomically; artifacts named in the record must exist already."""
+    folder = Path(folder)
+    missing = [name for name, rel in record.artifacts.items() if not (folder / rel).exists()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: the record names artifacts that are not there: {missing}")
+    return atomic_write_json(folder / RECORD, record.to_dict())
+
+
+def read_record(folder: str | os.PathLike, source: str = "files") -> TrialRecord:
+    folder = Path(folder)
+    path = folder / RECORD
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    return TrialRecord.from_dict(d, folder=folder, source=source)
+
+
+@dataclass
+class TrialSet:
+    """The complete trials of a study, where each came from, and what could not be read."""
+
+    records: list[TrialRecord]
+    sources: dict[str, int]  # source -> count
+    problems: list[str]  # one line per complete trial whose record could not be read
+    where: str = ""
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{n} from {s}" for s, n in self.sources.items() if n)
+        line = f"{len(self.records)} trials: {parts or 'none'}" + (f" ({self.where})" if self.where else "")
+        if self.problems:
+            line += f"; {len(self.problems)} unreadable: " + "; ".join(self.problems)
+        return line
+
+    def frame(self) -> Any:
+        """One row per trial: trial, variant, seed, status, every metric, folder."""
+        import pandas as pd
+
+        rows = [{"trial": r.trial, "variant": r.variant, "seed": r.seed, "status": r.status, **r.metrics,
+                 "trial_dir": str(r.folder) if r.folder else None, "mlflow_run_id": r.mlflow_run_id}
+                for r in self.records]
+        return pd.DataFrame(rows)
+
+    def by_cell(self) -> dict[tuple[str, int], TrialRecord]:
+        return {(r.variant, r.seed): r for r in self.records}
+
+
+def read_trials(session: Session, *, download_dir: str | os.PathLike | None = None) -> TrialSet:
+    """Storage -> files -> MLflow: the storage lists the complete trials; each record is read from its folder,
+    else from its MLflow run's `record` artifact. Without a readable storage, the trial folders are scanned."""
+    from optuna.trial import TrialState
+
+    from ablate.runner import load_optuna_study
+
+    sources = {"files": 0, "mlflow": 0}
+    problems: list[str] = []
+    records: list[TrialRecord] = []
+    try:
+        ostudy = load_optuna_study(session)
+        complete = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    except Exception as exc:  # no storage here: the files are all we have
+        log.warning("cannot open the study storage %s (%s); reading the trial folders under %s",
+                    session.storage_url, exc, session.paths.root / "trials")
+        for rec_path in sorted((session.paths.root / "trials").glob(f"*/{RECORD}")):
+            try:
+                records.append(read_record(rec_path.parent))
+                sources["files"] += 1
+            except (OSError, ValueError, KeyError) as err:
+                problems.append(f"{rec_path}: {err}")
+        return TrialSet(records, sources, problems, where=f"scanned {session.paths.root / 'trials'}")
+    tracker = None
+    for t in complete:
+        a = t.user_attrs
+        folder = Path(a["trial_dir"]) if a.get("trial_dir") else session.paths.trial_dir(t.number)
+        label = f"trial {t.number} ({a.get('variant')}/seed{a.get('seed')})"
+        if (folder / RECORD).exists():
+            try:
+                records.append(read_record(folder))
+                sources["files"] += 1
+                continue
+            except (OSError, ValueError, KeyError) as err:
+                problems.append(f"{label}: {err}")
+                continue
+        run_id = a.get("mlflow_run_id")
+        if not run_id:
+            problems.append(f"{label}: no {RECORD} in {folder} and no MLflow run")
+            continue
+        try:
+            tracker = tracker or session.tracker()
+            dest = Path(download_dir) if download_dir else session.paths.root / "downloads"
+            dest = dest / f"{t.number:04d}"
+            if not (dest / ARTIFACT_PATH / RECORD).exists():
+                dest.mkdir(parents=True, exist_ok=True)
+                tracker.client.download_artifacts(run_id, ARTIFACT_PATH, str(dest))
+            records.append(read_record(dest / ARTIFACT_PATH, source="mlflow"))
+            sources["mlflow"] += 1
+        except Exception as err:  # noqa: BLE001 - any failure is reported, none is silent
+            problems.append(f"{label}: no {RECORD} in {folder}, and its MLflow artifact could not be read ({err})")
+    records.sort(key=lambda r: r.trial)
+    return TrialSet(records, sources, problems, where=str(session.paths.root / "trials"))
+
+
+# ---- running one trial ---------------------------------------------------------------------------------
+def run_trial(session: Session, ostudy: optuna.Study, trial: optuna.Trial, tracker: Tracker) -> None:
+    """Train, evaluate, write the record and track one trial; tell Optuna last, after MLflow has the
+    finished run. A failure is classified (`ablate.faults.classify`) and recorded on the trial."""
+    from optuna.trial import TrialState
+
+    from ablate.runner import Heartbeat, cell_of, sample_space
+    from ablate.study import _split_overrides
+    from resmasknet.model import count_macs, count_parameters
+    from resmasknet.registry import create_model
+    from resmasknet.train import StopTraining, TrainConfig, train
+
+    study = session.study
+    storage = ostudy._storage
+    if study.mode == "grid":
+        if cell_of(storage.get_trial(trial._trial_id)) is None:
+            raise RuntimeError("popped a trial without a cell")
+        cell = trial.suggest_int("cell", 0, len(study.cells) - 1)
+        vname, seed = study.cells[cell]
+        variant = study.variant(vname)
+        model_ov, train_ov = variant.model, variant.train
+    else:
+        vname, seed = f"trial{trial.number}", study.seeds[0]
+        model_ov, train_ov = _split_overrides(sample_space(trial, study.search["space"]), "search.space", study.path)
+    cfg = study.net_config(model_ov)
+    tcfg = TrainConfig(**{**study.train, **train_ov, "seed": seed})
+    trial_dir = session.paths.trial_dir(trial.number)
+    params = {**{f"model.{k}": v for k, v in cfg.flat().items()},
+              **{f"train.{k}": v for k, v in tcfg.to_dict().items()},
+              "variant": vname, "seed": seed, "data": study.data, "preset": study.model}
+    device = session.device
+    parent = ostudy.user_attrs["mlflow_parent_run_id"]
+    run_id = tracker.start_trial(parent, f"{vname}/seed{seed}", params,
+                                 tags={"ablate.study": study.name, "variant": vname, "seed": str(seed),
+                                       "device": device, "optuna_trial": str(trial.number)})
+    storage.set_trial_user_attr(trial._trial_id, "mlflow_run_id", run_id)
+    storage.set_trial_user_attr(trial._trial_id, "variant", vname)
+    storage.set_trial_user_attr(trial._trial_id, "seed", seed)
+    storage.set_trial_user_attr(trial._trial_id, "trial_dir", str(trial_dir.resolve()))
+    beat = Heartbeat(storage, trial._trial_id)
+    prune = study.mode == "search" and len(study.objectives) == 1 and study.search.get("pruner") != "none"
+    pruned = False
+
+    def callback(epoch: int, metrics: dict[str, float]) -> None:
+        nonlocal pruned
+        tracker.log_metrics(run_id, metrics, step=epoch)
+        if prune and "val_acc" in metrics:
+            trial.report(metrics["val_acc"], epoch)
+            if trial.should_prune():
+                pruned = True
+                raise StopTraining(f"pruned by Optuna at epoch {epoch}")
+
+    try:
+        (trial_dir / RECORD).unlink(missing_ok=True)  # a retried cell: never mistake an old record for this one
+        data = _load_data(str(study.resolved("data")))
+        # common random numbers: one seed gives every variant the same data order, augmentation draws and
+        # initial weights for each module they share (masks_off and unapplied train the same backbone)
+        model = create_model(cfg, seed=seed)
+        if study.pretrained:
+            from resmasknet.pretrained import load_imagenet_backbone
+
+            load_imagenet_backbone(model, study.resolved("pretrained"))
+        result = train(model, data, tcfg, out_dir=trial_dir, callback=callback, device=device,
+                       progress=session.progress)
+        metrics, artifacts = evaluate_trial(model, data, result, trial_dir, device, tta=study.tta)
+        metrics["params"] = float(count_parameters(model))
+        metrics["macs"] = float(count_macs(model))
+        record = TrialRecord(study=study.name, trial=trial.number, variant=vname, seed=int(seed),
+                             status="pruned" if pruned else result.status, metrics=metrics, config=cfg.to_dict(),
+                             train=tcfg.to_dict(), artifacts=artifacts, mlflow_run_id=run_id)
+        write_record(trial_dir, record)
+        tracker.log_metrics(run_id, metrics)
+        tracker.set_tags(run_id, {"status": record.status})
+        tracker.log_artifacts(run_id, trial_dir, ARTIFACT_PATH, skip=("last.pt",))
+        tracker.finish(run_id, "FINISHED")
+        beat.stop()
+        if pruned:
+            ostudy.tell(trial, state=TrialState.PRUNED)
+            return
+        ostudy.tell(trial, [metrics[o.metric] for o in study.objectives])
+    except BaseException as exc:
+        beat.stop()
+        from ablate.faults import classify
+
+        kind, reason = classify(exc)
+        with contextlib.suppress(Exception):
+            tracker.set_tags(run_id, {"error": reason[:4000], "error_kind": kind})
+            tracker.finish(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        with contextlib.suppress(Exception):
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason[:2000])
+            storage.set_trial_user_attr(trial._trial_id, "fail_kind", kind)
+            ostudy.tell(trial, state=TrialState.FAIL)
+        raise
+
+
+_DATA_CACHE: dict[str, Any] = {}
+
+
+def _load_data(spec: str) -> Any:
+    if spec not in _DATA_CACHE:
+        from resmasknet.data import load_data
+
+        _DATA_CACHE[spec] = load_data(spec)
+    return _DATA_CACHE[spec]
+
+
+def evaluate_trial(model: Any, data: Any, result: Any, trial_dir: Path, device: str, tta: bool = True
+                   ) -> tuple[dict[str, float], dict[str, str]]:
+    """Evaluate the best checkpoint on validation and test (plain, and with the authors' TTA), save the test
+    evaluations in the trial folder and time inference. Returns (metrics, artifacts)."""
+    from resmasknet.checkpoint import load_checkpoint
+    from resmasknet.evaluate import evaluate
+
+    best = trial_dir / "best.pt"
+    if best.exists():
+        model, _ = load_checkpoint(best, map_location=device)
+    model = model.to(device).eval()
+    val = evaluate(model, data.select("val"), device=device)
+    test = evaluate(model, data.select("test"), device=device)
+    test.save(trial_dir / "test")
+    artifacts = {"test": "test", "history.json": "history.json"}
+    if best.exists():
+        artifacts["best.pt"] = "best.pt"
+    metrics = {"val_acc": float(val.accuracy), "test_acc": float(test.accuracy),
+               "test_macro_f1": float(test.macro_f1), "latency_ms": latency_ms(model, device),
+               "epochs_run": float(len(getattr(result, "history", []) or []))}
+    if tta:
+        tta_result = evaluate(model, data.select("test"), device=device, tta="authors")
+        tta_result.save(trial_dir / "test_tta_authors")
+        artifacts["test_tta_authors"] = "test_tta_authors"
+        metrics["test_acc_tta"] = float(tta_result.accuracy)
+    if not (trial_dir / "history.json").exists():
+        artifacts.pop("history.json")
+    return metrics, artifacts
+
+
+def latency_ms(model: Any, device: str, batch: int = 1, reps: int = 5) -> float:
+    import torch
+
+    cfg = model.config
+    x = torch.rand(batch, cfg.in_chans, cfg.input_size, cfg.input_size, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        model(x)
+        t = time.perf_counter()
+        for _ in range(reps):
+            model(x)
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+    return (time.perf_counter() - t) / reps * 1000 / batch
+
+
+def predictions(records: list[TrialRecord], name: str = "test") -> tuple[dict[tuple[str, int], np.ndarray],
+                                                                        np.ndarray | None, list[str]]:
+    """Per-image predicted labels by (variant, seed), the true labels, and one line per record whose
+    evaluation could not be read (never silently dropped)."""
+    preds: dict[tuple[str, int], np.ndarray] = {}
+    y_true: np.ndarray | None = None
+    problems: list[str] = []
+    for r in records:
+        try:
+            ev = r.evaluation(name)
+        except (OSError, KeyError, ValueError) as exc:
+            problems.append(f"{r.label}: {exc}")
+            continue
+        if y_true is not None and (len(ev.labels) != len(y_true) or not np.array_equal(ev.labels, y_true)):
+            problems.append(f"{r.label}: its test labels differ from the other trials'")
+            continue
+        y_true = ev.labels
+        preds[(r.variant, r.seed)] = ev.predictions
+    return preds, y_true, problems
