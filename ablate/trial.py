@@ -214,7 +214,7 @@ def run_trial(session: Session, ostudy: optuna.Study, trial: optuna.Trial, track
 
     from ablate.runner import Heartbeat, cell_of, sample_space
     from ablate.study import _split_overrides
-    from resmasknet.model import count_macs, count_parameters
+    from resmasknet.model import count_macs, count_parameters, module_seed
     from resmasknet.registry import create_model
     from resmasknet.train import StopTraining, TrainConfig, train
 
@@ -231,7 +231,11 @@ def run_trial(session: Session, ostudy: optuna.Study, trial: optuna.Trial, track
         vname, seed = f"trial{trial.number}", study.seeds[0]
         model_ov, train_ov = _split_overrides(sample_space(trial, study.search["space"]), "search.space", study.path)
     cfg = study.net_config(model_ov)
-    tcfg = TrainConfig(**{**study.train, **train_ov, "seed": seed})
+    # common random numbers (the default): one seed gives every variant the same data order, augmentation
+    # draws and initial weights for each module they share. Without them (to measure what they buy), each
+    # variant draws its own from (seed, variant).
+    run_seed = seed if getattr(study, "crn", True) else module_seed(seed, f"variant:{vname}") % 2**31
+    tcfg = TrainConfig(**{**study.train, **train_ov, "seed": run_seed})
     trial_dir = session.paths.trial_dir(trial.number)
     params = {**{f"model.{k}": v for k, v in cfg.flat().items()},
               **{f"train.{k}": v for k, v in tcfg.to_dict().items()},
@@ -261,9 +265,7 @@ def run_trial(session: Session, ostudy: optuna.Study, trial: optuna.Trial, track
     try:
         (trial_dir / RECORD).unlink(missing_ok=True)  # a retried cell: never mistake an old record for this one
         data = _load_data(str(study.resolved("data")))
-        # common random numbers: one seed gives every variant the same data order, augmentation draws and
-        # initial weights for each module they share (masks_off and unapplied train the same backbone)
-        model = create_model(cfg, seed=seed)
+        model = create_model(cfg, seed=run_seed)  # masks_off and unapplied at one seed: the same backbone
         if study.pretrained:
             from resmasknet.pretrained import load_imagenet_backbone
 
@@ -288,16 +290,28 @@ def run_trial(session: Session, ostudy: optuna.Study, trial: optuna.Trial, track
         ostudy.tell(trial, [metrics[o.metric] for o in study.objectives])
     except BaseException as exc:
         beat.stop()
-        from ablate.faults import classify
+        import traceback
 
-        kind, reason = classify(exc)
+        from ablate.faults import TRIAL, classify
+        from resmasknet.runtime import StorageError, atomic_write_text, storage_error
+
+        # a full disk / read-only / unwritable folder becomes one line naming the path (torch hides the errno)
+        err = (storage_error(exc, getattr(exc, "filename", None) or trial_dir)
+               if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, StorageError) else None)
+        kind, reason = classify(err or exc)
+        if kind == TRIAL:
+            with contextlib.suppress(Exception):
+                atomic_write_text(trial_dir / "traceback.txt", traceback.format_exc())
         with contextlib.suppress(Exception):
             tracker.set_tags(run_id, {"error": reason[:4000], "error_kind": kind})
-            tracker.finish(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         with contextlib.suppress(Exception):
+            tracker.finish(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        with contextlib.suppress(Exception):  # the reason first: a finished trial takes no more attributes
             storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason[:2000])
             storage.set_trial_user_attr(trial._trial_id, "fail_kind", kind)
             ostudy.tell(trial, state=TrialState.FAIL)
+        if err is not None:
+            raise err from exc
         raise
 
 

@@ -234,6 +234,16 @@ class ResMaskNet(nn.Module):
         so `torch.manual_seed(s)` before building still gives a reproducible network."""
         super().__init__()
         self.config = config
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        self.init_seed = int(seed)
+        # building draws default initial weights from the global generator; keep it untouched (they are
+        # all replaced by the seeded ones below), so a seeded network never shifts anyone else's random numbers
+        with torch.random.fork_rng(devices=[]):
+            self._build(config)
+        init_weights(self, self.init_seed)
+
+    def _build(self, config: NetConfig) -> None:
         block = BasicBlock if config.block == "basic" else Bottleneck
         w = config.base_width
         if config.stem == "imagenet":
@@ -259,10 +269,6 @@ class ResMaskNet(nn.Module):
             if mc.enabled:
                 setattr(self, f"mask{i + 1}", MaskBlock(config.stage_channels[i], mc))
             setattr(self, f"refine{i + 1}", Refine(mc.application if mc.enabled else None))
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,)).item())
-        self.init_seed = int(seed)
-        init_weights(self, self.init_seed)
 
     # ---- forward ---------------------------------------------------------------------------
     def stage(self, i: int) -> tuple[nn.Module, nn.Module | None, nn.Module]:
