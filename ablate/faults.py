@@ -1,6 +1,11 @@
 """Failures, classified: an infrastructure error (storage, I/O, a lost connection) is not the trial's fault
 and must not use up a cell's attempts; a trial's own error (a bad value, divergence) fails the cell.
 
+Kinds (recorded as the trial's `fail_kind` user attribute, with `fail_reason`, by `ablate.trial.run_trial`):
+`infra` (no attempt used: the worker backs off and retries), `trial` (one attempt used), `killed` (interrupted
+by the user or SIGTERM: no attempt used) and `stale` (set by the runner: the worker vanished mid-trial; one
+attempt used).
+
 Example:
     >>> classify(OSError(28, "No space left on device"))[0]
     'infra'
@@ -11,23 +16,96 @@ Example:
 from __future__ import annotations
 
 import errno
+import os
+import signal
+from types import FrameType
+
+from resmasknet.runtime import StorageError, storage_error
 
 INFRA = "infra"
 TRIAL = "trial"
 KILLED = "killed"
+STALE = "stale"
 
-_INFRA_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOENT,
-                 errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT, errno.EAGAIN}
+# a missing file (ENOENT) is usually a bad path in the study (missing data), which retrying cannot fix
+_INFRA_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ESTALE,
+                 errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EAGAIN,
+                 errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EPIPE}
+_INFRA_TEXT = ("database is locked", "disk i/o error", "database or disk is full", "readonly database",
+               "unable to open database file", "server closed the connection", "could not connect to server",
+               "connection refused")
+
+
+class InfraError(RuntimeError):
+    """A worker gave up after a bounded time of infrastructure errors; the message is one line."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (or SIGHUP) arrived: handled like Ctrl-C (trials and runs marked KILLED), exit 128 + signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in seen and len(seen) < 10:
+        seen.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return seen
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if isinstance(exc, OSError) and exc.strerror:  # not "[Errno 28] ..."
+        text = exc.strerror + (f": {exc.filename}" if exc.filename and str(exc.filename) not in exc.strerror else "")
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def classify(exc: BaseException) -> tuple[str, str]:
-    """(kind, one-line reason) for an exception raised while running a trial."""
-    reason = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+    """(kind, one-line reason) for an exception raised while running a trial. The exception and its causes are
+    looked at: an MLflow or SQLAlchemy error caused by a full disk is infrastructure too."""
+    reason = _reason(exc)
     if isinstance(exc, KeyboardInterrupt):
         return KILLED, reason
-    if isinstance(exc, OSError) and (exc.errno in _INFRA_ERRNOS or exc.errno is None):
+    if isinstance(exc, (StorageError, InfraError)):
         return INFRA, reason
-    name = type(exc).__module__ + "." + type(exc).__name__
-    if name.startswith(("sqlalchemy.", "psycopg", "mlflow.exceptions")) or "OperationalError" in name:
-        return INFRA, reason
+    for e in _chain(exc):
+        if isinstance(e, OSError) and (e.errno in _INFRA_ERRNOS or (e.errno is None and type(e) is OSError)):
+            return INFRA, reason
+        if isinstance(e, (OSError, RuntimeError)) and storage_error(e, "") is not None:
+            return INFRA, reason  # torch hides ENOSPC as "unexpected pos ..."
+        name = type(e).__module__ + "." + type(e).__name__
+        if name.startswith(("sqlalchemy.", "psycopg", "mlflow.exceptions")) or "OperationalError" in name:
+            text = str(e).lower()
+            if "OperationalError" in name or any(t in text for t in _INFRA_TEXT) or not name.startswith("mlflow"):
+                return INFRA, reason
     return TRIAL, reason
+
+
+def give_up(exc: BaseException, path: str | os.PathLike, waited_s: float) -> Exception:
+    """The one-line error a worker stops with after `waited_s` of infrastructure errors: a `StorageError`
+    naming `path` (or the file the error names) for space / read-only / permission errors, else `InfraError`."""
+    if isinstance(exc, StorageError):
+        return exc
+    for e in _chain(exc):
+        if isinstance(e, StorageError):
+            return e
+        if isinstance(e, (OSError, RuntimeError)):
+            err = storage_error(e, getattr(e, "filename", None) or path)
+            if err is not None:
+                return err
+    return InfraError(f"gave up after {waited_s:.0f} s of infrastructure errors; the last one: {_reason(exc)}")
+
+
+def raise_on_sigterm() -> None:
+    """Turn SIGTERM and SIGHUP into `Terminated` in the main thread, so a terminated run or worker marks its
+    trial and MLflow runs KILLED on the way out (like Ctrl-C)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Terminated(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)

@@ -9,22 +9,33 @@ enqueueing happen under one study-wide lock (a file lock beside the journal, a P
 lock), so a cell is never enqueued twice and never lost, across kills and restarts.
 
 Storage defaults sit under the study's output folder `runs/<study>/`: `optuna.journal` (Optuna's
-JournalStorage: SQLite locks under parallel workers) and `mlflow.db` (MLflow's default store).
+JournalStorage: SQLite locks under parallel workers; a write cut off by a full disk is repaired on open, see
+`ablate.storage`) and `mlflow.db` (MLflow's default store).
+
+Failures are classified (`ablate.faults`): a trial's own error uses up one of its cell's `MAX_ATTEMPTS`; an
+infrastructure error (disk full, read-only or unwritable folder, lost database) does not: the worker backs off
+(`Backoff`: exponential, capped) and tries again, and gives up (the worker, not the cell) after a bounded time
+with a one-line `StorageError` / `InfraError`. A cell that used all its attempts is "exhausted" and is listed,
+with its last reason, by `status()` and `ablate run` (which then exits non-zero).
+
+Workers started by `spawn_workers` die with their parent (`die_with_parent`), and a worker killed by a signal
+is reported by name. Library code logs (logger `ablate.runner`); only the CLI prints.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import ctypes
 import json
+import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 import traceback
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,13 +44,46 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from ablate import faults
+from ablate import storage as _storage
 from ablate.study import Study
 from ablate.tracking import Tracker
+from resmasknet.runtime import storage_error
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+log = logging.getLogger(__name__)
+
 HEARTBEAT_S = float(os.environ.get("ABLATE_HEARTBEAT_S", "15"))
 GRACE_S = float(os.environ.get("ABLATE_GRACE_S", "120"))
-MAX_ATTEMPTS = 3
+MAX_ATTEMPTS = 3  # a cell's trials that may fail for their own reasons before the cell is given up
+
+
+def configure_optuna_logging() -> None:
+    """Optuna logs every trial at INFO; the CLI and workers keep only its warnings (called by the entry points,
+    not at import: importing this module changes no global state)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How a worker waits out infrastructure errors: `base_s`, doubling up to `max_s`; after `give_up_s` of
+    consecutive infrastructure errors the worker stops with the last one. Environment: ABLATE_RETRY_BASE_S,
+    ABLATE_RETRY_MAX_S, ABLATE_RETRY_GIVE_UP_S."""
+
+    base_s: float = 2.0
+    max_s: float = 60.0
+    give_up_s: float = 600.0
+
+    @classmethod
+    def from_env(cls) -> Backoff:
+        env = os.environ
+        return cls(float(env.get("ABLATE_RETRY_BASE_S", cls.base_s)), float(env.get("ABLATE_RETRY_MAX_S", cls.max_s)),
+                   float(env.get("ABLATE_RETRY_GIVE_UP_S", cls.give_up_s)))
+
+    def delays(self) -> Iterator[float]:
+        d = self.base_s
+        while True:
+            yield d
+            d = min(d * 2, self.max_s)
 
 
 @dataclass(frozen=True)
@@ -78,49 +122,21 @@ class Session:
     progress: bool = True
 
     def storage(self) -> optuna.storages.BaseStorage:
-        return open_storage(self.storage_url)
+        return open_storage(self.storage_url, self.study.name)
 
     def tracker(self) -> Tracker:
         return Tracker(self.tracking_uri, experiment=f"ablate/{self.study.name}",
                        artifact_root=str(self.paths.artifacts))
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    if url.startswith(("postgresql", "mysql", "sqlite")):
-        if url.startswith("sqlite"):
-            raise ValueError("SQLite Optuna storage locks under parallel workers; use the default journal "
-                             "file on one machine or postgresql:// across machines")
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-    Path(url).parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(url))
+def open_storage(url: str, study_name: str | None = None) -> optuna.storages.BaseStorage:
+    """See `ablate.storage.open_storage` (a journal is repaired first when its last write was cut off)."""
+    return _storage.open_storage(url, study_name)
 
 
-@contextlib.contextmanager
-def study_lock(session: Session) -> Iterator[None]:
-    """A study-wide lock: enqueueing and failing stale trials happen one process at a time."""
-    if session.storage_url.startswith("postgresql"):
-        import sqlalchemy
-
-        engine = sqlalchemy.create_engine(session.storage_url, poolclass=sqlalchemy.pool.NullPool)
-        key = zlib.crc32(f"ablate:{session.study.name}".encode()) & 0x7FFFFFFF
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            try:
-                yield
-            finally:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-        engine.dispose()
-        return
-    lock_path = Path(session.storage_url + ".ablate-lock")  # not ".lock": the journal backend owns that name
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def study_lock(session: Session) -> contextlib.AbstractContextManager[None]:
+    """The study-wide lock (`ablate.storage.study_lock`): enqueueing and failing trials, one process at a time."""
+    return _storage.study_lock(session.storage_url, session.study.name)
 
 
 def _directions(study: Study) -> list[Any]:
@@ -128,7 +144,11 @@ def _directions(study: Study) -> list[Any]:
 
 
 def load_optuna_study(session: Session) -> optuna.Study:
-    return optuna.load_study(study_name=session.study.name, storage=session.storage())
+    try:
+        return optuna.load_study(study_name=session.study.name, storage=session.storage())
+    except KeyError as exc:  # optuna: "Record does not exist."
+        raise KeyError(f"no study {session.study.name!r} in {session.storage_url}; start it with "
+                       f"`ablate run {session.study.path}`") from exc
 
 
 def _pid_alive(pid: int) -> bool:
@@ -159,9 +179,59 @@ def cell_of(t: optuna.trial.FrozenTrial) -> int | None:
     return t.params.get("cell") if "cell" in t.params else t.system_attrs.get("fixed_params", {}).get("cell")
 
 
+def attempt_kind(t: optuna.trial.FrozenTrial) -> str:
+    """What a failed trial counts as: `faults.INFRA` and `faults.KILLED` (interrupted by the user) use up no
+    attempt; a trial's own error and a stale trial (its process died mid-trial) do. Older trials without a
+    `fail_kind` count as the trial's own."""
+    return str(t.user_attrs.get("fail_kind", faults.TRIAL))
+
+
+@dataclass
+class CellStates:
+    """The grid's cells as the storage sees them (cells are indices into `Study.cells`)."""
+
+    complete: set[int]
+    busy: set[int]  # complete, waiting or running
+    attempts: dict[int, int]  # failures that count toward MAX_ATTEMPTS
+    infra: dict[int, int]  # infrastructure failures (not counted)
+    last_reason: dict[int, str]
+
+    @property
+    def exhausted(self) -> dict[int, str]:
+        """Cells that used all their attempts and are not complete -> the last failure's reason."""
+        return {c: self.last_reason.get(c, "?") for c, n in self.attempts.items()
+                if n >= MAX_ATTEMPTS and c not in self.complete}
+
+
+def cell_states(trials: list[optuna.trial.FrozenTrial], retry_from: int = 0) -> CellStates:
+    """Failures of trials numbered below `retry_from` (set by `ablate run --retry-failed`) are not counted."""
+    complete: set[int] = set()
+    busy: set[int] = set()
+    attempts: dict[int, int] = {}
+    infra: dict[int, int] = {}
+    reasons: dict[int, str] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        c = cell_of(t)
+        if c is None:
+            continue
+        if t.state == TrialState.COMPLETE:
+            complete.add(c)
+        if t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING):
+            busy.add(c)
+        elif t.state == TrialState.FAIL:
+            kind = attempt_kind(t)
+            if kind == faults.INFRA:
+                infra[c] = infra.get(c, 0) + 1
+            elif kind != faults.KILLED and t.number >= retry_from:
+                attempts[c] = attempts.get(c, 0) + 1
+                reasons[c] = str(t.user_attrs.get("fail_reason", "no reason recorded"))
+    return CellStates(complete, busy, attempts, infra, reasons)
+
+
 def maintain(session: Session, ostudy: optuna.Study, tracker: Tracker | None = None) -> dict[str, int]:
     """Under the study lock: fail stale running trials (MLflow run -> KILLED) and, in a grid, enqueue
-    every cell that is neither complete, waiting nor running. Returns counts."""
+    every cell that is neither complete, waiting nor running and has attempts left (infrastructure failures
+    use none). Returns counts."""
     storage = ostudy._storage
     failed = enqueued = 0
     with study_lock(session):
@@ -170,6 +240,7 @@ def maintain(session: Session, ostudy: optuna.Study, tracker: Tracker | None = N
             if t.state == TrialState.RUNNING and is_stale(t):
                 try:  # the reason first: a finished trial takes no more attributes
                     storage.set_trial_user_attr(t._trial_id, "fail_reason", "stale: worker gone or heartbeat lost")
+                    storage.set_trial_user_attr(t._trial_id, "fail_kind", "stale")
                     if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL) is False:
                         continue
                 except optuna.exceptions.UpdateFinishedTrialError:
@@ -180,26 +251,23 @@ def maintain(session: Session, ostudy: optuna.Study, tracker: Tracker | None = N
                     with contextlib.suppress(Exception):
                         tracker.finish(run_id, "KILLED")
         if session.study.mode == "grid":
-            trials = ostudy.get_trials(deepcopy=False)
-            busy = {cell_of(t) for t in trials
-                    if t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)}
-            attempts: dict[int, int] = {}
-            for t in trials:
-                c = cell_of(t)
-                if t.state == TrialState.FAIL and c is not None:
-                    attempts[c] = attempts.get(c, 0) + 1
+            cells = cell_states(ostudy.get_trials(deepcopy=False), int(ostudy.user_attrs.get("retry_from", 0)))
             for i, _cell in enumerate(session.study.cells):
-                if i not in busy and attempts.get(i, 0) < MAX_ATTEMPTS:
+                if i not in cells.busy and cells.attempts.get(i, 0) < MAX_ATTEMPTS:
                     ostudy.enqueue_trial({"cell": i}, skip_if_exists=False)
                     enqueued += 1
     return {"failed_stale": failed, "enqueued": enqueued}
 
 
-def prepare(session: Session) -> optuna.Study:
-    """Create (or reopen) the Optuna study, the MLflow experiment and the parent run; enqueue the grid.
-    Runs before any worker starts (MLflow races when workers create the experiment themselves)."""
+def prepare(session: Session, retry_failed: bool = False) -> optuna.Study:
+    """Create (or reopen) the Optuna study, the MLflow experiment and the parent run (RUNNING again on a rerun);
+    enqueue the grid. Runs before any worker starts (MLflow races when workers create the experiment
+    themselves). `retry_failed`: cells that used all their attempts get MAX_ATTEMPTS new ones."""
     study = session.study
-    session.paths.root.mkdir(parents=True, exist_ok=True)
+    try:
+        session.paths.root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise (storage_error(exc, session.paths.root) or exc) from exc
     tracker = session.tracker()
     storage = session.storage()
     with study_lock(session):
@@ -212,7 +280,10 @@ def prepare(session: Session) -> optuna.Study:
             raise ValueError(f"{study.path}: the study file changed since study {study.name!r} started in "
                              f"{session.storage_url}; finishing it would mix two designs. Use a new name or "
                              f"--out folder, or delete the old storage")
-        ostudy.set_user_attr("spec", spec)
+        if old is None:
+            ostudy.set_user_attr("spec", spec)
+        if retry_failed:
+            ostudy.set_user_attr("retry_from", len(ostudy.get_trials(deepcopy=False)))
         tracker.ensure_experiment()
         if "mlflow_parent_run_id" not in ostudy.user_attrs:
             parent = tracker.start_parent(study.name, params={"mode": study.mode, "model": study.model,
@@ -220,8 +291,30 @@ def prepare(session: Session) -> optuna.Study:
                                                               "baseline": study.baseline},
                                           tags={"study_file": study.path})
             ostudy.set_user_attr("mlflow_parent_run_id", parent)
+        else:
+            with contextlib.suppress(Exception):
+                tracker.reopen(ostudy.user_attrs["mlflow_parent_run_id"])
     maintain(session, ostudy, tracker)
     return ostudy
+
+
+def finish_study(session: Session, outcome: str) -> str | None:
+    """End the study's parent MLflow run: outcome FINISHED (every cell complete), FAILED (cells remain) or
+    KILLED (interrupted). Returns the run id, or None when the study has no parent run yet."""
+    ostudy = load_optuna_study(session)
+    parent = ostudy.user_attrs.get("mlflow_parent_run_id")
+    if parent:
+        session.tracker().finish(parent, outcome)
+    return parent
+
+
+def study_outcome(st: dict[str, Any]) -> str:
+    """FINISHED or FAILED for a `status()` dict: a grid is finished when every cell is complete; a search
+    when it has its n_trials complete or pruned."""
+    if "cells" in st:
+        return "FINISHED" if st["cells_complete"] == st["cells"] else "FAILED"
+    done = st["trials"].get("COMPLETE", 0) + st["trials"].get("PRUNED", 0)
+    return "FINISHED" if done >= int(st.get("n_trials", 0)) else "FAILED"
 
 
 def make_sampler(study: Study) -> optuna.samplers.BaseSampler:
@@ -280,42 +373,99 @@ def sample_space(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def work(session: Session, max_trials: int | None = None) -> int:
-    """The worker loop: maintain, pop a trial, run it, until the study is done. Returns trials run."""
+def _still_running(ostudy: optuna.Study, trial: optuna.Trial) -> bool:
+    try:
+        return ostudy._storage.get_trial(trial._trial_id).state == TrialState.RUNNING
+    except Exception:  # noqa: BLE001 - the storage is down: assume the worst, try again later
+        return True
+
+
+def _fail_orphans(ostudy: optuna.Study, orphans: list[tuple[optuna.Trial, str, str]]) -> None:
+    """Fail the trials this worker could not mark failed when they failed (the storage was down, or the error
+    came before the trial's own handler): (trial, kind, reason)."""
+    storage = ostudy._storage
+    for item in list(orphans):
+        trial, kind, reason = item
+        if _still_running(ostudy, trial):
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                if "fail_kind" not in storage.get_trial(trial._trial_id).user_attrs:
+                    storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason[:2000])
+                    storage.set_trial_user_attr(trial._trial_id, "fail_kind", kind)
+                storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        orphans.remove(item)
+
+
+def work(session: Session, max_trials: int | None = None, backoff: Backoff | None = None) -> int:
+    """The worker loop: maintain, pop a trial, run it, until the study is done. Returns trials run.
+
+    A trial's own error fails that attempt (its reason is on the trial, its traceback in the trial folder) and
+    the loop goes on. An infrastructure error (`faults.classify`) uses no attempt: the loop waits (`backoff`,
+    default `Backoff.from_env()`) and tries again; after `give_up_s` of consecutive infrastructure errors it
+    raises the last one as a one-line `StorageError` (space, read-only, permission) or `faults.InfraError`."""
+    policy = backoff or Backoff.from_env()
     tracker = session.tracker()
     ostudy = load_optuna_study(session)
     done = 0
+    infra_since: float | None = None
+    delays = policy.delays()
+    orphans: list[tuple[optuna.Trial, str, str]] = []
     while max_trials is None or done < max_trials:
-        maintain(session, ostudy, tracker)
-        trials = ostudy.get_trials(deepcopy=False)
-        if session.study.mode == "grid":
-            if not any(t.state == TrialState.WAITING for t in trials):
-                break
-        else:
-            active = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)]
-            if len(active) >= int(session.study.search["n_trials"]):
-                break
-        trial = ostudy.ask()
-        if session.study.mode == "grid" and cell_of(ostudy._storage.get_trial(trial._trial_id)) is None:
-            # the queue emptied between our look and our ask: give the fresh trial back
-            ostudy._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "queue empty")
-            ostudy.tell(trial, state=TrialState.FAIL)
-            break
+        trial: optuna.Trial | None = None
         try:
+            _fail_orphans(ostudy, orphans)
+            maintain(session, ostudy, tracker)
+            trials = ostudy.get_trials(deepcopy=False)
+            if session.study.mode == "grid":
+                if not any(t.state == TrialState.WAITING for t in trials):
+                    break
+            else:
+                active = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)]
+                if len(active) >= int(session.study.search["n_trials"]):
+                    break
+            trial = ostudy.ask()
+            if session.study.mode == "grid" and cell_of(ostudy._storage.get_trial(trial._trial_id)) is None:
+                # the queue emptied between our look and our ask: give the fresh trial back
+                ostudy._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "queue empty")
+                ostudy.tell(trial, state=TrialState.FAIL)
+                break
             from ablate.trial import run_trial
 
             run_trial(session, ostudy, trial, tracker)
+            done += 1
+            infra_since, delays = None, policy.delays()
         except KeyboardInterrupt:
             raise
-        except Exception:
-            traceback.print_exc()
-            print(f"trial {trial.number} failed; it will be retried (up to {MAX_ATTEMPTS} attempts per cell)",
-                  file=sys.stderr)
-        done += 1
+        except Exception as exc:
+            kind, reason = faults.classify(exc)
+            if trial is not None and _still_running(ostudy, trial):
+                orphans.append((trial, kind, reason))
+            if kind != faults.INFRA:
+                if trial is None:
+                    raise  # not a trial's error: a bug or bad input, shown as it is
+                done += 1
+                folder = session.paths.trial_dir(trial.number)
+                log.error("trial %d failed: %s (this uses one of its cell's %d attempts; traceback in %s)",
+                          trial.number, reason, MAX_ATTEMPTS, folder / "traceback.txt")
+                log.debug("trial %d traceback:\n%s", trial.number, traceback.format_exc())
+                infra_since, delays = None, policy.delays()
+                continue
+            now = time.monotonic()
+            if infra_since is None:
+                infra_since = now
+            delay = next(delays)
+            if now - infra_since + delay > policy.give_up_s:
+                where = getattr(exc, "filename", None) or (session.paths.trial_dir(trial.number) if trial is not None
+                                                           else session.paths.root)
+                raise faults.give_up(exc, where, now - infra_since) from exc
+            log.warning("infrastructure error%s: %s; retrying in %.1f s (no attempt used)",
+                        f" in trial {trial.number}" if trial is not None else "", reason, delay)
+            time.sleep(delay)
     return done
 
 
 def status(session: Session) -> dict[str, Any]:
+    """Trials by state, grid cells complete / missing / exhausted (used all attempts, with the last reason),
+    attempts used per cell, infrastructure failures, and the MLflow trial runs by status."""
     ostudy = load_optuna_study(session)
     trials = ostudy.get_trials(deepcopy=False)
     counts: dict[str, int] = {}
@@ -323,47 +473,144 @@ def status(session: Session) -> dict[str, Any]:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     out: dict[str, Any] = {"study": session.study.name, "storage": session.storage_url, "trials": counts}
     if session.study.mode == "grid":
-        complete = {cell_of(t) for t in trials if t.state == TrialState.COMPLETE}
-        out["cells"] = len(session.study.cells)
-        out["cells_complete"] = len(complete)
-        out["cells_missing"] = [f"{v}/seed{s}" for i, (v, s) in enumerate(session.study.cells) if i not in complete]
-    tracker = session.tracker()
+        cells = cell_states(trials, int(ostudy.user_attrs.get("retry_from", 0)))
+        labels = [f"{v}/seed{s}" for v, s in session.study.cells]
+        exhausted = cells.exhausted
+        out["cells"] = len(labels)
+        out["cells_complete"] = len(cells.complete)
+        out["cells_missing"] = [lab for i, lab in enumerate(labels) if i not in cells.complete and i not in exhausted]
+        out["cells_exhausted"] = [{"cell": labels[i], "attempts": cells.attempts[i], "reason": r}
+                                  for i, r in sorted(exhausted.items())]
+        out["attempts"] = {labels[i]: n for i, n in sorted(cells.attempts.items())}
+        out["infra_failures"] = {labels[i]: n for i, n in sorted(cells.infra.items())}
+    else:
+        out["n_trials"] = int(session.study.search["n_trials"])
     parent = ostudy.user_attrs.get("mlflow_parent_run_id")
     if parent:
+        tracker = session.tracker()
         runs = tracker.trial_runs(parent)
         rc: dict[str, int] = {}
         for r in runs:
             rc[r.info.status] = rc.get(r.info.status, 0) + 1
         out["mlflow_runs"] = rc
+        with contextlib.suppress(Exception):
+            out["parent_run"] = {"id": parent, "status": tracker.get_status(parent)}
     return out
 
 
-def spawn_workers(study_ref: str, n: int, session: Session) -> int:
-    """Start n local `ablate worker` processes with the cores split between them; wait for all."""
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // n)
-    procs = []
+# ---- local worker processes ----------------------------------------------------------------------------
+def plan_devices(workers: int, device: str, gpus: int, workers_per_gpu: int | None = None) -> list[str]:
+    """The device of each local worker: with CUDA GPUs, `workers_per_gpu` x GPUs workers (else `workers`)
+    assigned round-robin over cuda:0..; without, `workers` on `device`."""
+    if workers_per_gpu is not None and workers_per_gpu < 1:
+        raise ValueError(f"--workers-per-gpu {workers_per_gpu} must be >= 1")
+    if gpus > 0 and (workers_per_gpu is not None or device.startswith("cuda")):
+        n = workers_per_gpu * gpus if workers_per_gpu is not None else workers
+        if device.startswith("cuda:") and workers_per_gpu is None:
+            return [device] * n  # one GPU asked for by name
+        return [f"cuda:{i % gpus}" for i in range(n)]
+    return [device] * workers
+
+
+def describe_exit(index: int, pid: int, rc: int) -> str | None:
+    """A line for a worker that did not exit cleanly ("worker 2 (pid 123) was killed by SIGKILL"), else None."""
+    if rc == 0:
+        return None
+    if rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        return f"worker {index} (pid {pid}) was killed by {name}"
+    return f"worker {index} (pid {pid}) exited with status {rc}"
+
+
+def exit_code(rc: int) -> int:
+    """A child's return code as a shell exit status: killed by signal N -> 128 + N."""
+    return 128 - rc if rc < 0 else rc
+
+
+def wait_workers(procs: list[subprocess.Popen]) -> int:
+    """Wait for every worker; log each that failed (by signal name when killed). Returns the highest exit
+    status (128 + N for a worker killed by signal N), 0 when all exited cleanly."""
+    worst = 0
+    for i, p in enumerate(procs, start=1):
+        rc = p.wait()
+        line = describe_exit(i, p.pid, rc)
+        if line:
+            log.error("%s", line)
+        worst = max(worst, exit_code(rc))
+    return worst
+
+
+def worker_env(threads: int, parent_pid: int | None = None) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "ABLATE_TORCH_THREADS": str(threads),
+           "ABLATE_PARENT_PID": str(parent_pid or os.getpid())}
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads starve the other workers
+    return env
+
+
+def spawn_workers(study_ref: str, n: int, session: Session, workers_per_gpu: int | None = None) -> int:
+    """Start local `ablate worker` processes with the cores split between them (n, or workers_per_gpu x GPUs
+    with CUDA); wait for all. Workers die with this process. Returns the highest exit status (see wait_workers)."""
     try:
         import torch
 
         gpus = torch.cuda.device_count()
-    except Exception:
+    except Exception:  # noqa: BLE001 - no usable CUDA: CPU workers
         gpus = 0
-    for i in range(n):
-        device = f"cuda:{i % gpus}" if gpus else session.device
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "ABLATE_TORCH_THREADS": str(threads)}
-        cmd = [sys.executable, "-m", "ablate", "worker", study_ref, "--storage", session.storage_url,
-               "--tracking-uri", session.tracking_uri, "--out", str(session.paths.root), "--device", device,
-               "--no-progress"]
-        if session.study.name.endswith("-tiny"):
-            cmd.append("--tiny")
-        procs.append(subprocess.Popen(cmd, env=env))
-    rc = 0
+    devices = plan_devices(n, session.device, gpus, workers_per_gpu)
+    threads = max(1, (os.cpu_count() or 1) // len(devices))
+    env = worker_env(threads)
+    procs: list[subprocess.Popen] = []
     try:
+        for device in devices:
+            cmd = [sys.executable, "-m", "ablate", "worker", study_ref, "--storage", session.storage_url,
+                   "--tracking-uri", session.tracking_uri, "--out", str(session.paths.root), "--device", device,
+                   "--no-progress"]
+            if session.study.name.endswith("-tiny"):
+                cmd.append("--tiny")
+            procs.append(subprocess.Popen(cmd, env=env))
+        return wait_workers(procs)
+    except BaseException:  # interrupted (or SIGTERM): stop the workers, wait for them to mark their trials
         for p in procs:
-            rc = max(rc, p.wait())
-    except KeyboardInterrupt:
+            if p.poll() is None:
+                p.terminate()
         for p in procs:
-            p.terminate()
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
         raise
-    return rc
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int | None = None, sig: int = signal.SIGTERM, use_prctl: bool = True,
+                    poll_s: float = 1.0) -> str:
+    """Make this process receive `sig` when its parent dies (Linux: prctl(PR_SET_PDEATHSIG); elsewhere, or
+    when prctl fails, a daemon thread that watches os.getppid()). `parent_pid`: the parent it must outlive
+    no longer than (default $ABLATE_PARENT_PID, else the current parent). Returns "prctl" or "thread"."""
+    if parent_pid is None:
+        env = os.environ.get("ABLATE_PARENT_PID")
+        parent_pid = int(env) if env else os.getppid()
+    how = "thread"
+    if use_prctl and sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0:
+                how = "prctl"
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # the parent died before we asked: nobody will tell us
+        os.kill(os.getpid(), sig)
+        return how
+    if how == "thread":
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(poll_s)
+            os.kill(os.getpid(), sig)
+
+        threading.Thread(target=watch, name="ablate-parent-watch", daemon=True).start()
+    return how

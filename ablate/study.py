@@ -6,6 +6,15 @@ list for every variant, so comparisons are paired) and the objective(s). Keys th
 are `NetConfig.replace` keys (`mask2.enabled`, `masks.activation`, `base_width`, ...); keys that change
 training start with `train.` (`train.lr`, `train.epochs`, ...).
 
+The whole study is validated when the file is read, before any storage exists: every variant's `NetConfig`
+and `TrainConfig` (types and ranges) is built, so a bad value is refused with the file and the key named.
+
+Two keys shape the analysis, not the runs:
+`rope` (float >= 0, default 0.5): the region of practical equivalence, in percentage points of the objective;
+differences inside +-rope count as "equivalent" (`Study.rope`).
+`common_random_numbers` (bool, default true): every variant of one seed shares the data order, augmentation
+draws and initial weights of the modules they share, so paired differences are less noisy (`Study.crn`).
+
 Example (`studies/quickstart.yaml`):
 
     name: quickstart
@@ -17,6 +26,8 @@ Example (`studies/quickstart.yaml`):
       unapplied: {masks.application: unapplied}
     baseline: masks_off
     seeds: [0, 1, 2]
+    rope: 0.5                     # optional; percentage points
+    common_random_numbers: true   # optional
 """
 
 from __future__ import annotations
@@ -35,7 +46,9 @@ from resmasknet.config import ConfigError, NetConfig
 from resmasknet.registry import get_config
 
 TOP_KEYS = ("name", "description", "mode", "base", "variants", "factors", "baseline", "seeds", "objectives",
-            "search", "tiny")
+            "search", "tiny", "rope", "common_random_numbers")
+TINY_KEYS = ("model", "overrides", "pretrained", "data", "train", "seeds", "n_trials", "variants")
+DEFAULT_ROPE = 0.5
 BASE_KEYS = ("model", "overrides", "data", "pretrained", "train", "tta")
 SEARCH_KEYS = ("n_trials", "sampler", "pruner", "space", "seed")
 OBJECTIVE_METRICS = ("val_acc", "test_acc", "test_acc_tta", "params", "macs", "latency_ms")
@@ -90,6 +103,8 @@ class Study:
     raw: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None  # a local torchvision ResNet weights file for the backbone
     tta: bool = True  # also score the test split with the authors' 10-draw TTA (10x the test cost)
+    rope: float = DEFAULT_ROPE  # region of practical equivalence, percentage points of the objective
+    crn: bool = True  # common random numbers across variants (key `common_random_numbers`)
 
     def resolved(self, key: str) -> str | None:
         """`data` or `pretrained` with environment variables expanded; an unset variable is an error that
@@ -132,6 +147,7 @@ class Study:
             if unknown:
                 raise StudyError(f"{self.path}: tiny.variants names unknown variant(s) {sorted(map(str, unknown))}")
             variants = tuple(v for v in self.variants if v.name in keep)
+        _check_train(train, "tiny.train", self.path)
         return dataclasses.replace(self, model=tiny.get("model", self.model), model_overrides=overrides,
                                    pretrained=tiny.get("pretrained", self.pretrained),
                                    data=tiny.get("data", "generated:n=140,seed=0"), train=train, seeds=seeds,
@@ -160,6 +176,32 @@ def _check_model(study_model: str, base_overrides: dict, overrides: dict, where:
         get_config(study_model, **{**base_overrides, **overrides})
     except ConfigError as exc:
         raise StudyError(f"{path}: {where}: {exc}") from exc
+
+
+def _check_train(train: dict[str, Any], where: str, path: str) -> None:
+    """Build the TrainConfig (it checks types and ranges); its message names the field."""
+    from resmasknet.train import TrainConfig
+
+    try:
+        TrainConfig(**train)
+    except (TypeError, ValueError) as exc:
+        raise StudyError(f"{path}: {where}: {exc}") from exc
+
+
+def _check_tiny(tiny: Any, path: str) -> None:
+    if tiny is None:
+        return
+    if not isinstance(tiny, dict):
+        raise StudyError(f"{path}: tiny must be a mapping with keys {', '.join(TINY_KEYS)}")
+    for key in tiny:
+        if key not in TINY_KEYS:
+            raise _unknown("tiny", key, TINY_KEYS, path)
+    train = tiny.get("train") or {}
+    if not isinstance(train, dict):
+        raise StudyError(f"{path}: tiny.train must be a mapping of training keys")
+    for key in train:
+        if key not in train_fields():
+            raise _unknown("tiny.train", key, train_fields(), path)
 
 
 def _variant_name(assign: dict[str, Any]) -> str:
@@ -203,6 +245,14 @@ def parse_study(raw: dict[str, Any], path: str = "<study>") -> Study:
         if key not in train_fields():
             raise _unknown("base.train", key, train_fields(), path)
     base_train.update(base_train_from_overrides)
+    _check_train(base_train, "base.train", path)
+    rope = raw.get("rope", DEFAULT_ROPE)
+    if isinstance(rope, bool) or not isinstance(rope, (int, float)) or not 0 <= rope < float("inf"):
+        raise StudyError(f"{path}: rope={rope!r} must be a number >= 0 (percentage points of the objective)")
+    crn = raw.get("common_random_numbers", True)
+    if not isinstance(crn, bool):
+        raise StudyError(f"{path}: common_random_numbers={crn!r} must be true or false")
+    _check_tiny(raw.get("tiny"), path)
     seeds = raw["seeds"]
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
                                                             for s in seeds):
@@ -256,6 +306,7 @@ def parse_study(raw: dict[str, Any], path: str = "<study>") -> Study:
         for vname, ov in items:
             vm, vt = _split_overrides(ov, f"variants.{vname}", path)
             _check_model(model, base_model, vm, f"variants.{vname}", path)
+            _check_train({**base_train, **vt}, f"variants.{vname}", path)
             variants.append(Variant(vname, vm, vt))
         baseline = raw.get("baseline", variants[0].name)
         names = [v.name for v in variants]
@@ -275,7 +326,7 @@ def parse_study(raw: dict[str, Any], path: str = "<study>") -> Study:
             raise StudyError(f"{path}: search.space is required: KEY: {{int: [lo, hi]}} | {{float: [lo, hi], "
                              f"log: true}} | {{choice: [a, b]}}")
         for key, spec in search["space"].items():
-            _check_space(key, spec, model, base_model, path)
+            _check_space(key, spec, model, base_model, path, base_train)
         search.setdefault("n_trials", 20)
         search.setdefault("sampler", "nsga2" if len(objectives) > 1 else "tpe")
         search.setdefault("pruner", "none" if len(objectives) > 1 else "median")
@@ -290,10 +341,11 @@ def parse_study(raw: dict[str, Any], path: str = "<study>") -> Study:
                  objectives=tuple(objectives), variants=tuple(variants), baseline=baseline,
                  description=str(raw.get("description", "")), search=search, raw=raw,
                  pretrained=str(base["pretrained"]) if base.get("pretrained") else None,
-                 tta=bool(base.get("tta", True)))
+                 tta=bool(base.get("tta", True)), rope=float(rope), crn=crn)
 
 
-def _check_space(key: str, spec: Any, model: str, base_model: dict, path: str) -> None:
+def _check_space(key: str, spec: Any, model: str, base_model: dict, path: str,
+                 base_train: dict[str, Any] | None = None) -> None:
     where = f"search.space.{key}"
     if not isinstance(spec, dict) or not ({"int", "float", "choice"} & set(spec)):
         raise StudyError(f"{path}: {where} must be {{int: [lo, hi]}}, {{float: [lo, hi], log: true}} "
@@ -307,11 +359,18 @@ def _check_space(key: str, spec: Any, model: str, base_model: dict, path: str) -
         raise StudyError(f"{path}: {where}.{kind} must be [low, high] with low < high, got {values!r}")
     if kind == "choice" and (not isinstance(values, list) or not values):
         raise StudyError(f"{path}: {where}.choice must be a non-empty list")
-    samples = values if kind == "choice" else values
+    samples = values
+    if kind == "float":  # YAML reads 1e-4 (no dot) as a string; the sampler converts, so check converted values
+        try:
+            samples = [float(v) for v in values]
+        except (TypeError, ValueError) as exc:
+            raise StudyError(f"{path}: {where}.float must be two numbers, got {values!r}") from exc
     for v in samples:
-        vm, _ = _split_overrides({key: v}, where, path)
+        vm, vt = _split_overrides({key: v}, where, path)
         if vm:
             _check_model(model, base_model, vm, where, path)
+        if vt:
+            _check_train({**(base_train or {}), **vt}, where, path)
 
 
 def load_study(ref: str | os.PathLike) -> Study:

@@ -4,6 +4,9 @@ Optuna's MLflow callback is deprecated and makes no parent run, so we use `Mlflo
 process-global active run, safe in worker processes). The experiment and the parent run are created by
 the coordinator before workers start (MLflow races when several processes create an experiment).
 Models are logged as a state dict plus config (our checkpoint format), not with `log_model`.
+The parent run ends FINISHED (every cell complete), FAILED (cells remain) or KILLED (interrupted); a rerun
+marks it RUNNING again (`Tracker.reopen`). Importing this module sets nothing: `configure_environment()`
+(called by the CLI and by `Tracker`) sets MLflow's environment defaults.
 """
 
 from __future__ import annotations
@@ -18,8 +21,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
-os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
+def configure_environment() -> None:
+    """MLflow settings for workers: synchronous logging (a run is complete when the call returns) and no
+    GitPython warning without git. Called by the CLI entry point and before the first client is made, never at
+    import; variables the user set are kept."""
+    os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 
 def _retry(fn: Callable[[], T], tries: int = 8) -> T:
@@ -44,6 +53,7 @@ def git_commit() -> str:
 
 class Tracker:
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | None = None):
+        configure_environment()
         from mlflow.tracking import MlflowClient
 
         self.uri = tracking_uri
@@ -123,16 +133,22 @@ class Tracker:
                 continue
             sub = f"{path}/{item.name}" if path else item.name
             if item.is_dir():
-                _retry(lambda item=item, sub=sub: self.client.log_artifacts(run_id, os.fspath(item), artifact_path=sub))
+                _retry(functools.partial(self.client.log_artifacts, run_id, os.fspath(item), artifact_path=sub))
             else:
-                _retry(lambda item=item: self.client.log_artifact(run_id, os.fspath(item), artifact_path=path))
+                _retry(functools.partial(self.client.log_artifact, run_id, os.fspath(item), artifact_path=path))
 
     def log_artifact(self, run_id: str, file: str | os.PathLike, path: str | None = None) -> None:
         _retry(lambda: self.client.log_artifact(run_id, os.fspath(file), artifact_path=path))
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         """status: FINISHED, FAILED or KILLED."""
+        if status not in ("FINISHED", "FAILED", "KILLED"):
+            raise ValueError(f"run status {status!r}: choose FINISHED, FAILED or KILLED")
         _retry(lambda: self.client.set_terminated(run_id, status=status))
+
+    def reopen(self, run_id: str) -> None:
+        """Mark a run RUNNING again (a study's parent run when the study is resumed)."""
+        _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
 
     def get_status(self, run_id: str) -> str:
         return _retry(lambda: self.client.get_run(run_id)).info.status

@@ -70,28 +70,19 @@ def random_affine(x: Tensor, generator: torch.Generator, *, flip_p: float = 0.5,
     return out.to(x.dtype).contiguous(memory_format=torch.channels_last)
 
 
-def _expanded_input(model: ResMaskNet, images: Tensor) -> Tensor:
-    """`model.prepare_input` without its final copy: grey stays an expanded view, so it is warped once."""
-    x = images.unsqueeze(1) if images.dim() == 3 else images
-    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-    cfg = model.config
-    size = cfg.input_size
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    if cfg.in_chans == 3 and x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
-    return x
-
-
 def augment_batch(model: ResMaskNet, images: Tensor, generator: torch.Generator | None, *, flip_p: float = 0.5,
                   max_degrees: float = 30.0) -> Tensor:
     """uint8 faces [B, H, W] on the device -> augmented network input [B, C, S, S], channels_last.
 
-    Same scaling, resize and grey->C copy as `model.prepare_input` (resize first, then flip/rotate, as
-    the authors do); `generator=None` or `flip_p=0 and max_degrees=0` returns the plain input."""
+    `model.prepare_input` (scale, resize, grey->C copy), then flip/rotate (resize first, as the authors do);
+    `generator=None` or `flip_p=0 and max_degrees=0` returns the plain input."""
+    x = model.prepare_input(images)
     if generator is None or (flip_p <= 0 and max_degrees <= 0):
-        return model.prepare_input(images)
-    return random_affine(_expanded_input(model, images), generator, flip_p=flip_p, max_degrees=max_degrees)
+        return x
+    grey = images.dim() == 3 or images.shape[1] == 1
+    if grey and x.shape[1] > 1:  # the channels are one grey image copied: warp it once (a third of the work)
+        x = x[:, :1].expand(-1, x.shape[1], -1, -1)
+    return random_affine(x, generator, flip_p=flip_p, max_degrees=max_degrees)
 
 
 def predict_proba(model: nn.Module, x: Tensor, tta: str | None = None, *, generator: torch.Generator | None = None,

@@ -7,26 +7,40 @@ CUDA; on CPU the growth of the process's resident-set high-water mark during the
 through /proc/self/clear_refs where Linux allows, else `resource.getrusage`, which only ever rises: a 0
 then means "no more than an earlier phase").
 
+`bench_contended` measures training throughput on an idle machine and again while a separate busy process
+spins on one core, in the same run: PyTorch's OpenMP threads wait on each other at every parallel region,
+so one busy core can cost far more than its share unless they sleep while waiting (OMP_WAIT_POLICY=PASSIVE,
+see `runtime.configure_threads`).
+
 Example:
     >>> rows = bench(["resnet_cpu", "resmasknet_cpu"], batch_size=32)
     >>> print(format_table(rows))
+    >>> print(format_contended([bench_contended("resmasknet_cpu")]))   # idle vs one busy core, and the ratio
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import resource
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from resmasknet.augment import augment_batch
-from resmasknet.evaluate import resolve_device
 from resmasknet.model import ResMaskNet, count_parameters
+from resmasknet.runtime import cpu_bf16_support, resolve_device
 
-__all__ = ["bench", "bench_model", "format_table"]
+__all__ = ["BusyProcess", "bench", "bench_contended", "bench_model", "busy_core", "format_contended", "format_table"]
+
+log = logging.getLogger(__name__)
 
 
 # ---- memory ------------------------------------------------------------------------------------------
@@ -93,6 +107,35 @@ def _timed(fn: Callable[[], Any], dev: torch.device, *, warmup: int, steps: int,
     return (time.perf_counter() - t0) / n
 
 
+def _use_bf16(dev: torch.device, cpu_bf16: bool) -> bool:
+    """bf16 autocast: always on CUDA; on CPU when asked for and the CPU has bf16 units (else logged, fp32)."""
+    if dev.type == "cuda":
+        return True
+    if not cpu_bf16:
+        return False
+    ok, why = cpu_bf16_support()
+    if not ok:
+        log.warning("--bf16-cpu asked for, but this CPU has no bf16 units (%s): measuring fp32", why)
+    return ok
+
+
+def _train_step(net: ResMaskNet, x: torch.Tensor, labels: torch.Tensor, *, amp: bool) -> Callable[[], None]:
+    """One AdamW training step on a fixed batch (the model is put in training mode)."""
+    net.train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    dev_type = x.device.type
+
+    def step() -> None:
+        with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=amp):
+            logits = net(x)
+        loss = nn.functional.cross_entropy(logits.float(), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
 def bench_model(model: str | ResMaskNet, *, batch_size: int = 32, device: str | torch.device | None = None,
                 steps: int = 10, warmup: int = 2, seconds: float = 10.0, plain: bool = True, rounds: int = 2,
                 cpu_bf16: bool = False, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -100,7 +143,8 @@ def bench_model(model: str | ResMaskNet, *, batch_size: int = 32, device: str | 
 
     Keys: model, device, batch_size, params, input, train_img_s / eval_img_s / data_img_s (optimised),
     train_plain_img_s / eval_plain_img_s and the speed-ups (when plain=True), *_peak_mb.
-    cpu_bf16: the optimised path uses bf16 autocast on CPU too (it always does on CUDA).
+    cpu_bf16: the optimised path uses bf16 autocast on CPU too, where the CPU has bf16 units (always on CUDA);
+    row["bf16"] says what was measured.
     rounds: each measurement is repeated this many times, alternating which path goes first; the best counts."""
     from resmasknet.registry import create_model
 
@@ -119,7 +163,7 @@ def bench_model(model: str | ResMaskNet, *, batch_size: int = 32, device: str | 
                            "params": count_parameters(net),
                            "input": f"{cfg.input_size}x{cfg.input_size}x{cfg.in_chans}"}
     timing: dict[str, Any] = {"warmup": warmup, "steps": steps, "seconds": seconds}
-    amp = dev.type == "cuda" or cpu_bf16
+    amp = _use_bf16(dev, cpu_bf16)
 
     # data pipeline: index a device-resident uint8 pool, prepare_input, flip/rotate
     net.to(dev).to(memory_format=torch.channels_last)
@@ -150,17 +194,7 @@ def bench_model(model: str | ResMaskNet, *, batch_size: int = 32, device: str | 
         return batch_size / s, mem.mb
 
     def train_phase(x: torch.Tensor, optimised: bool) -> tuple[float, float]:
-        net.train()
-        opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-
-        def step() -> None:
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and optimised):
-                logits = net(x)
-            loss = nn.functional.cross_entropy(logits.float(), labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
+        step = _train_step(net, x, labels, amp=amp and optimised)
         with _PeakMemory(dev) as mem:
             s = _timed(step, dev, **timing)
         return batch_size / s, mem.mb
@@ -229,4 +263,136 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
                      f"{' + bf16' if r.get('bf16') else ''}; plain: contiguous, no_grad, fp32 "
                      f"(the authors' way); x = speed-up. data: index + prepare_input + flip/rotate. "
                      f"Memory: peak {mem} per phase (MB).")
+    return "\n".join(lines)
+
+
+# ---- one busy core -------------------------------------------------------------------------------------
+# The competitor: a separate Python process that spins, pinned to one core where the OS allows.
+_BUSY_CODE = """\
+import os, sys
+core = int(sys.argv[1])
+if core >= 0 and hasattr(os, "sched_setaffinity"):
+    try:
+        os.sched_setaffinity(0, {core})
+    except OSError:
+        pass
+sys.stdout.write("spinning\\n")
+sys.stdout.flush()
+while True:
+    pass
+"""
+
+
+@dataclass
+class BusyProcess:
+    """The running competitor: its process and the core it is pinned to (-1: not pinned)."""
+
+    process: subprocess.Popen
+    core: int
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time the competitor has used so far (Linux /proc), or None where that cannot be read."""
+        try:
+            with open(f"/proc/{self.process.pid}/stat") as fh:
+                fields = fh.read().rpartition(")")[2].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        except (OSError, ValueError, IndexError):
+            return None
+
+
+def _default_busy_core() -> int:
+    """The last core this process may run on (torch's first threads tend to land on the low ones)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(os.sched_getaffinity(0))
+    return -1
+
+
+@contextlib.contextmanager
+def busy_core(core: int | None = None) -> Iterator[BusyProcess]:
+    """Run a process that keeps one core 100% busy for the duration of the block; it is killed on exit.
+
+    core: the core to pin it to (default: the last one this process may use; -1: do not pin)."""
+    core = _default_busy_core() if core is None else core
+    proc = subprocess.Popen([sys.executable, "-c", _BUSY_CODE, str(core)], stdout=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != b"spinning":  # it started and pinned itself
+            raise RuntimeError(f"the busy process exited with code {proc.wait()} before spinning")
+        yield BusyProcess(proc, core)
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def bench_contended(model: str | ResMaskNet, *, batch_size: int = 32, device: str | torch.device | None = None,
+                    steps: int = 10, warmup: int = 2, seconds: float = 10.0, rounds: int = 2,
+                    cpu_bf16: bool = False, overrides: dict[str, Any] | None = None,
+                    core: int | None = None) -> dict[str, Any]:
+    """Training throughput idle and with one core kept busy by another process, measured in the same run.
+
+    Each round measures idle, then contended (a fresh busy process each time); the best of each counts.
+    Keys: model, device, batch_size, threads, omp_wait_policy, train_idle_img_s, train_contended_img_s,
+    contended_ratio (contended / idle), busy_core, busy_cpu_s (CPU seconds the competitor got while training
+    was measured), busy_share (busy_cpu_s over the contended wall time: about 1.0 when it really ran)."""
+    from resmasknet.registry import create_model
+
+    if batch_size < 2:
+        raise ValueError(f"batch_size={batch_size} must be >= 2 (BatchNorm needs two images to train)")
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds} must be >= 1")
+    dev = resolve_device(device)
+    net = create_model(model, **(overrides or {})) if isinstance(model, str) else model
+    cfg = net.config
+    gen = torch.Generator().manual_seed(0)
+    faces = torch.randint(0, 256, (batch_size, 48, 48), dtype=torch.uint8, generator=gen).to(dev)
+    labels = torch.randint(0, cfg.num_classes, (batch_size,), generator=gen).to(dev)
+    net.to(dev).to(memory_format=torch.channels_last)
+    x = net.prepare_input(faces)
+    amp = _use_bf16(dev, cpu_bf16)
+    step = _train_step(net, x, labels, amp=amp)
+    timing: dict[str, Any] = {"warmup": warmup, "steps": steps, "seconds": seconds}
+    idle = contended = 0.0
+    busy_cpu, busy_wall, busy_core_used = 0.0, 0.0, -1
+    cpu_known = True
+    for _ in range(rounds):
+        idle = max(idle, batch_size / _timed(step, dev, **timing))
+        with busy_core(core) as busy:
+            busy_core_used = busy.core
+            c0, t0 = busy.cpu_seconds(), time.perf_counter()
+            contended = max(contended, batch_size / _timed(step, dev, **timing))
+            c1 = busy.cpu_seconds()
+            busy_wall += time.perf_counter() - t0
+            if c0 is None or c1 is None:
+                cpu_known = False
+            else:
+                busy_cpu += c1 - c0
+    return {
+        "model": model if isinstance(model, str) else "custom", "device": str(dev), "batch_size": batch_size,
+        "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
+        "bf16": amp, "rounds": rounds,
+        "train_idle_img_s": idle, "train_contended_img_s": contended, "contended_ratio": contended / idle,
+        "busy_core": busy_core_used, "busy_cpu_s": busy_cpu if cpu_known else None,
+        "busy_share": busy_cpu / busy_wall if cpu_known and busy_wall > 0 else None,
+        "torch": torch.__version__,
+    }
+
+
+def format_contended(rows: Sequence[dict[str, Any]]) -> str:
+    """A text table of `bench_contended` rows: idle and contended training img/s and their ratio."""
+    head = ("model", "threads", "OMP_WAIT_POLICY", "idle img/s", "busy-core img/s", "ratio", "busy share")
+    cells = [list(head)] + [[
+        r["model"], str(r["threads"]), r["omp_wait_policy"], f"{r['train_idle_img_s']:.1f}",
+        f"{r['train_contended_img_s']:.1f}", f"{r['contended_ratio']:.2f}",
+        "-" if r.get("busy_share") is None else f"{r['busy_share']:.2f}"] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
+             for line in cells]
+    if rows:
+        r = rows[0]
+        lines.append(f"\ndevice {r['device']}, batch {r['batch_size']}, torch {r['torch']}. busy-core: another "
+                     f"process spins on core {r['busy_core']} while training is measured; ratio = busy-core / "
+                     "idle; busy share: the share of one core it got meanwhile.")
     return "\n".join(lines)

@@ -1,8 +1,9 @@
 """Our checkpoint format: weights, config and metadata in one file, loadable with `weights_only=True`.
 
 The network is rebuilt from the stored config alone, so a checkpoint needs no preset name or code
-version to load. Writes are atomic (temporary file, then rename): an interrupted save never leaves a
-half-written checkpoint that looks complete.
+version to load. Writes are atomic (`runtime.atomic_write`: temporary file, then rename): an interrupted
+save never leaves a half-written checkpoint that looks complete. A file that cannot be read says why (empty,
+not a PyTorch file at all, or a damaged one).
 
 Example:
     >>> save_checkpoint("best.pt", model, classes=CLASSES, metadata={"epoch": 12, "val_acc": 0.71})
@@ -12,7 +13,6 @@ Example:
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,23 +21,36 @@ import torch
 from resmasknet.config import ConfigError, NetConfig
 from resmasknet.model import ResMaskNet
 from resmasknet.original import CheckpointMismatch, check_state_dict
+from resmasknet.runtime import atomic_write
 
 FORMAT = "resmasknet-checkpoint/1"
+# How torch.save files begin: a zip archive (the format since torch 1.6) or a pickle (the legacy format).
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_MAGIC = b"\x80"
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    os.close(fd)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def unreadable_reason(path: str | os.PathLike, exc: BaseException | None = None) -> str:
+    """Why `path` is not a loadable checkpoint, in words: empty, not a PyTorch file (with its first bytes),
+    or a PyTorch file torch could not load (the error, or its type when the error has no message)."""
+    name = os.fspath(path)
     try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        size = os.path.getsize(name)
+        with open(name, "rb") as fh:
+            head = fh.read(16)
+    except OSError as err:
+        return f"{name}: cannot read the file ({err.strerror or err})"
+    if size == 0:
+        return f"{name}: empty file (0 bytes), not a checkpoint"
+    if not head.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
+        return f"{name}: not a PyTorch file (it starts with {head!r}), not a checkpoint"
+    detail = f"{type(exc).__name__}: {exc}" if exc is not None and str(exc) else type(exc).__name__
+    if head.startswith(_ZIP_MAGIC):
+        return f"{name}: damaged or truncated PyTorch file ({size:,} bytes; {detail})"
+    return f"{name}: cannot load this PyTorch file ({detail})"
 
 
 def save_checkpoint(path: str | os.PathLike, model: ResMaskNet, *, classes: Sequence[str],
@@ -70,7 +83,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise CheckpointMismatch(f"cannot read checkpoint {path!r}: {exc}") from exc
+        raise CheckpointMismatch(unreadable_reason(path, exc)) from exc
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         hint = " (it looks like an authors' checkpoint: use resmasknet.load_original)" \
             if isinstance(obj, dict) and "net" in obj else ""

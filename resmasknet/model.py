@@ -163,7 +163,7 @@ def init_weights(model: nn.Module, seed: int) -> None:
             else:  # a module type this network does not use: its own default, drawn from g
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(module_seed(seed, name))
-                    m.reset_parameters()  # type: ignore[operator]
+                    m.reset_parameters()
 
 
 class MaskBlock(nn.Module):

@@ -8,12 +8,9 @@ import torch
 
 
 def _find_shared() -> Path:
-    """The development data folder: $RESMASKNET_SHARED, else `../shared` beside the checkout, else /work/shared."""
+    """The development data folder: $RESMASKNET_SHARED, else `../shared` beside the checkout."""
     if os.environ.get("RESMASKNET_SHARED"):
         return Path(os.environ["RESMASKNET_SHARED"])
-    for cand in (Path(__file__).resolve().parents[2] / "shared", Path("/work/shared")):
-        if cand.exists():
-            return cand
     return Path(__file__).resolve().parents[2] / "shared"
 
 

@@ -1,13 +1,16 @@
-"""Mask and attribution analysis: reductions, probe, Captum, interventions, faithfulness, localisation,
-figures and the one-call `analyse`. Small on purpose (<= 64 faces, and `resmasknet_tiny` shrunk to
-width 4 at a 24-px input: 9 MMACs per face instead of 150): the whole file must stay well under a
-minute on two shared CPU cores. The 24-px input also exercises the resize inside the attribution
-graph: attributions must still come back on the 48-px face."""
+"""Mask and attribution analysis: reductions, probe, the shared forward pass, Captum, interventions,
+the unapplied control, figures and the one-call `analyse`. Small on purpose (<= 64 faces, and
+`resmasknet_tiny` shrunk to width 4 at a 24-px input: 9 MMACs per face instead of 150): the whole
+file must stay well under a minute on one CPU core (``OMP_NUM_THREADS=1``). The 24-px input also
+exercises the resize inside the attribution graph: attributions must still come back on the 48-px
+face. Scores against known answers (deletion/insertion, localisation, orientation) are in
+``tests/analysis/test_analysis_scores.py``, the sanity checks in ``tests/analysis/test_analysis_sanity.py``."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,33 +18,36 @@ import torch
 from torch import Tensor, nn
 
 from ablate.analysis import (
+    UNAPPLIED_NOTE,
     AnalysisResult,
     FaceModel,
+    ProbeResult,
     analyse,
     attribute,
     captum_panel,
     class_mean_grid,
-    deletion_insertion,
+    forward_after,
     gain_map,
     gini,
     input_attribution,
     intervene,
-    localisation,
-    localisation_scores,
-    map_agreement,
     mask_gallery,
     mask_stages,
     probe,
     reduce_mask,
+    replace_mask,
     replacement_mask,
     reused_modules,
     save_figure,
     spatial_entropy,
 )
+from ablate.analysis.interventions import UNAPPLIED_INTERVENTION_NOTE
 from resmasknet import create_model
+from resmasknet.model import ResMaskNet
 
 N = 12
-SMALL = {"base_width": 4, "input_size": 24}  # resmasknet_tiny, smaller: stages 24/12/6/3 px, 4..32 channels
+# resmasknet_tiny, smaller: stages 24/12/6/3 px, 4..32 channels
+SMALL: dict[str, Any] = {"base_width": 4, "input_size": 24}
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +59,18 @@ def faces() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def tiny() -> nn.Module:
-    torch.manual_seed(0)
-    return create_model("resmasknet_tiny", **SMALL).eval()
+def tiny() -> ResMaskNet:
+    return create_model("resmasknet_tiny", seed=0, **SMALL).eval()
 
 
 @pytest.fixture(scope="module")
-def tiny_probe(tiny: nn.Module, faces: tuple[np.ndarray, np.ndarray]):  # type: ignore[no-untyped-def]
+def unapplied() -> ResMaskNet:
+    """The parameter-matched control: masks built and run, never applied (the per-stage studies' baseline)."""
+    return create_model("resmasknet_tiny", seed=0, **SMALL, **{"masks.application": "unapplied"}).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_probe(tiny: ResMaskNet, faces: tuple[np.ndarray, np.ndarray]) -> ProbeResult:
     return probe(tiny, *faces, batch_size=5, max_keep=8)
 
 
@@ -160,18 +171,23 @@ def test_replacement_masks_do_what_they_say():
     torch.testing.assert_close(out, cm[[3, 5]])
 
 
-def test_interventions_on_unapplied_masks_change_nothing(faces):
-    torch.manual_seed(0)
-    model = create_model("resmasknet_tiny", **SMALL, **{"masks.application": "unapplied"}).eval()
+def test_interventions_on_unapplied_masks_change_nothing(unapplied, faces):
+    model = unapplied
     pr = probe(model, *faces, keep_maps=False)
-    res = intervene(model, *faces, class_masks=pr, kinds=("zero", "uniform", "shuffle", "spatial_mean", "class_mean"))
+    kinds = ("zero", "uniform", "shuffle", "spatial_mean", "class_mean")
+    res = intervene(model, *faces, class_masks=pr, kinds=kinds, skip_unapplied=False)
     t = res.table
-    # the unapplied control never uses its mask: no intervention can move a logit or a prediction
-    assert len(t) == 4 * 5
+    # run anyway: the unapplied control never uses its mask, so no intervention can move a logit
+    assert len(t) == 4 * 5 and t["computed"].all()
     assert (t["mean_abs_dlogit"] == 0).all() and (t["flip_rate"] == 0).all() and (t["delta_accuracy"] == 0).all()
     assert (t["broken"] == 0).all() and (t["fixed"] == 0).all() and (t["mcnemar_p"] == 1).all()
     # and the stages are flagged as unapplied
     assert not t["applied"].any()
+    # by default they are not run at all; the same zero effect is reported, marked as by construction
+    skipped = intervene(model, *faces, class_masks=pr, kinds=kinds).table
+    assert not skipped["computed"].any() and (skipped["note"] == UNAPPLIED_INTERVENTION_NOTE).all()
+    cols = ["mean_abs_dlogit", "flip_rate", "delta_accuracy", "broken", "fixed", "mcnemar_p", "accuracy"]
+    np.testing.assert_array_equal(skipped[cols].to_numpy(float), t[cols].to_numpy(float))
 
 
 def test_interventions_on_applied_masks_change_logits(tiny, tiny_probe, faces):
@@ -188,6 +204,55 @@ def test_interventions_on_applied_masks_change_logits(tiny, tiny_probe, faces):
     # base predictions agree with a plain forward pass
     assert res.predictions["base"].shape == (N,)
     np.testing.assert_array_equal(res.predictions["base"], tiny_probe.preds)
+    # an independent reference: the full network with stage 2's mask zeroed by a forward hook
+    x = tiny.prepare_input(torch.from_numpy(faces[0]))
+    with torch.no_grad(), replace_mask(tiny, 2, torch.zeros_like):
+        np.testing.assert_array_equal(res.predictions["mask2/zero"], tiny(x).argmax(1).numpy())
+
+
+# ---------------------------------------------------------------------------------------------
+# one forward pass per batch
+# ---------------------------------------------------------------------------------------------
+def test_forward_after_a_stage_equals_the_full_network_with_that_mask(tiny, faces):
+    x = tiny.prepare_input(torch.from_numpy(faces[0][:5]))
+    with torch.no_grad():
+        logits, taps = tiny.forward_taps(x)
+        for st in mask_stages(tiny):
+            # with the stage's own mask, continuing from its pre-mask features gives the logits back
+            torch.testing.assert_close(forward_after(tiny, st.stage, taps[f"layer{st.stage}"], taps[st.name]), logits)
+            m = torch.rand_like(taps[st.name])
+
+            def fixed(_m: Tensor, m: Tensor = m) -> Tensor:
+                return m
+
+            with replace_mask(tiny, st.stage, fixed):
+                full = tiny(x)
+            # with another mask, the same numbers as the whole network with that mask hooked in
+            torch.testing.assert_close(forward_after(tiny, st.stage, taps[f"layer{st.stage}"], m), full)
+
+
+def test_analyse_runs_the_unmodified_network_once_per_batch(tiny, faces):
+    calls = {"n": 0}
+
+    def count(_m: Any, _i: Any, _o: Any) -> None:
+        calls["n"] += 1
+
+    handle = tiny.conv1.register_forward_hook(count)
+    try:
+        res = analyse(tiny, faces, n_images=N, methods=(), faithfulness=False, sanity=False,
+                      intervention_kinds=("zero", "uniform", "shuffle"), batch_size=5, progress=False)
+    finally:
+        handle.remove()
+    # probe, reference predictions and 4 stages x 3 interventions: one stem pass per batch of 64
+    # (the interventions restart from each stage's cached features; nothing runs the stem again)
+    assert calls["n"] == 1
+    # and the shared numbers are those of the stand-alone functions
+    pr = probe(tiny, *faces)
+    np.testing.assert_array_equal(res.arrays["preds"], pr.preds)
+    alone = intervene(tiny, *faces, kinds=("zero", "uniform", "shuffle"))
+    cols = ["mean_abs_dlogit", "flip_rate", "accuracy"]
+    np.testing.assert_allclose(res.tables["interventions"][cols].to_numpy(float), alone.table[cols].to_numpy(float),
+                               rtol=1e-4, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,7 +262,8 @@ def test_captum_methods_return_finite_maps_of_the_right_shapes(tiny, faces):
     images, labels = faces[0][:4], faces[1][:4]
     res = attribute(tiny, images, labels, methods=("ig", "saliency", "smoothgrad", "occlusion", "gradcam",
                                                    "mask_attr"),
-                    target="true", batch_size=4, ig_steps=8, smoothgrad_samples=3, occlusion_stride=8)
+                    target="true", batch_size=4, ig_steps=4, smoothgrad_samples=2, occlusion_window=16,
+                    occlusion_stride=16)
     expected = {"ig", "saliency", "smoothgrad", "occlusion"} | {f"gradcam/refine{i}" for i in range(1, 5)} \
         | {f"mask_attr/mask{i}" for i in range(1, 5)}
     # one map per input method, per stage for GradCAM and per mask for mask attribution
@@ -210,6 +276,22 @@ def test_captum_methods_return_finite_maps_of_the_right_shapes(tiny, faces):
     assert res.native["gradcam/refine4"].shape == (4, 3, 3)
     # the explained class is the true label when target="true"
     np.testing.assert_array_equal(res.targets, labels)
+
+
+def test_attribution_to_an_unapplied_mask_is_exactly_zero(unapplied, faces):
+    images = faces[0][:3]
+    # the per-stage studies' baseline: before, Captum raised "differentiated Tensor ... not used in the graph"
+    res = attribute(unapplied, images, methods=("saliency", "mask_attr"), batch_size=3)
+    for st in mask_stages(unapplied):
+        key = f"mask_attr/{st.name}"
+        # nothing downstream reads the mask: its attribution is 0 by construction, said so in the notes
+        assert (res.maps[key] == 0).all() and (res.native[key] == 0).all()
+        assert res.notes[key] == UNAPPLIED_NOTE
+    t = res.table().set_index("map")
+    assert t.loc["mask_attr/mask1", "zero_by_construction"] and t.loc["mask_attr/mask1", "mean"] == 0
+    assert t.loc["mask_attr/mask1", "note"] == UNAPPLIED_NOTE
+    # the input attribution of the same model is an ordinary, non-zero map
+    assert not t.loc["saliency", "zero_by_construction"] and t.loc["saliency", "mean"] > 0
 
 
 def test_integrated_gradients_is_complete_on_a_tiny_model(tiny, faces):
@@ -246,81 +328,6 @@ def test_deeplift_on_depth3_masks():
 
 
 # ---------------------------------------------------------------------------------------------
-# faithfulness on a constructed case
-# ---------------------------------------------------------------------------------------------
-class RegionModel(nn.Module):
-    """Class 0 wins exactly when the pixels of a fixed region are bright: an oracle map is known."""
-
-    def __init__(self, region: Tensor):
-        super().__init__()
-        self.register_buffer("region", region.float())
-        self.scale = nn.Parameter(torch.tensor(40.0))
-
-    def prepare_input(self, images: Tensor) -> Tensor:
-        x = images.unsqueeze(1) if images.dim() == 3 else images
-        return x.float() / 255.0 if images.dtype == torch.uint8 else x.float()
-
-    def forward(self, x: Tensor) -> Tensor:
-        r = (x[:, 0] * self.region).sum((1, 2)) / self.region.sum()
-        z = self.scale * (r - 0.5)
-        return torch.stack([z, torch.zeros_like(z)], 1)
-
-
-def test_deletion_auc_of_an_oracle_map_beats_random():
-    region = torch.zeros(48, 48)
-    region[10:22, 14:34] = 1
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 120, (16, 48, 48), dtype=np.uint8)
-    images[:, region.numpy() > 0] = 255
-    labels = np.zeros(16, np.int64)
-    oracle = np.broadcast_to(region.numpy(), (16, 48, 48)).copy()
-    res = deletion_insertion(RegionModel(region), images, labels, {"oracle": oracle}, steps=10, baseline="black",
-                             batch_size=64)
-    t = res.table.set_index("map")
-    # deleting the evidence first kills the class probability fastest: oracle deletion AUC < random
-    assert t.loc["oracle", "deletion_auc"] < t.loc["random", "deletion_auc"] - 0.3
-    # inserting it first restores the class fastest: oracle insertion AUC > random
-    assert t.loc["oracle", "insertion_auc"] > t.loc["random", "insertion_auc"] + 0.3
-    # curves start at the unmodified face and end at the baseline (deletion), both ends shared by all maps
-    d = res.curves["deletion"]
-    np.testing.assert_allclose(d["oracle"][:, 0], d["random"][:, 0])
-    np.testing.assert_allclose(d["oracle"][:, -1], d["random"][:, -1])
-
-
-# ---------------------------------------------------------------------------------------------
-# localisation and agreement
-# ---------------------------------------------------------------------------------------------
-def test_localisation_oracle_random_and_uniform():
-    rng = np.random.default_rng(0)
-    regions = np.zeros((64, 48, 48), np.uint8)
-    for i in range(64):
-        y, x = rng.integers(0, 30, 2)
-        regions[i, y:y + 12, x:x + 16] = 1
-    mass, pointing = localisation_scores(regions.astype(float), regions)
-    # a map equal to the region puts all its mass inside and points inside
-    np.testing.assert_allclose(mass, 1.0)
-    np.testing.assert_allclose(pointing, 1.0)
-    t = localisation({"oracle": regions.astype(float)}, regions, seed=0).set_index("map")
-    area = 12 * 16 / 48**2
-    # a random map scores about the region's area fraction; the uniform baseline scores it exactly
-    assert abs(t.loc["random", "mass"] - area) < 0.01
-    assert t.loc["uniform", "mass"] == pytest.approx(area)
-    # the oracle's mass_ratio is 1 / area: fully concentrated on the evidence
-    assert t.loc["oracle", "mass_ratio"] == pytest.approx(1 / area)
-
-
-def test_map_agreement_of_a_map_with_itself_and_with_noise():
-    rng = np.random.default_rng(0)
-    a = rng.random((20, 12, 12))
-    t = map_agreement({"m": a}, {"same": a, "noise": rng.random((20, 48, 48))}, top_k=(0.1,)).set_index("attribution")
-    # a map agrees perfectly with itself (both upsampled the same way to the face)
-    assert t.loc["same", "spearman"] == pytest.approx(1.0) and t.loc["same", "iou_top10"] == pytest.approx(1.0)
-    # an unrelated map is near zero correlation and near the chance IoU
-    assert abs(t.loc["noise", "spearman"]) < 0.1
-    assert abs(t.loc["noise", "iou_top10"] - t.loc["noise", "iou_top10_chance"]) < 0.05
-
-
-# ---------------------------------------------------------------------------------------------
 # figures and the one-call analysis
 # ---------------------------------------------------------------------------------------------
 def test_figures_save_png_and_arrays(tiny, tiny_probe, faces, tmp_path: Path):
@@ -346,36 +353,55 @@ def test_analyse_end_to_end(tiny, faces, tmp_path: Path):
     regions = np.zeros_like(images)
     regions[:, 20:36, 10:38] = 1
     res = analyse(tiny, (images, labels, regions), n_images=8, methods=("saliency", "gradcam", "mask_attr"),
-                  steps=3, progress=False)
+                  steps=3, sanity_images=3, progress=False)
     assert isinstance(res, AnalysisResult)
     # every step produced its table, on the requested number of faces
     for name in ("stages", "classes", "attribution", "agreement", "interventions", "faithfulness",
-                 "localisation", "timing"):
+                 "localisation", "sanity", "sanity_steps", "timing"):
         assert name in res.tables and len(res.tables[name]) > 0, name
     assert res.arrays["images"].shape == (8, 48, 48) and res.arrays["attr/saliency"].shape == (8, 48, 48)
+    # the curves score the class the attributions explain (the prediction): same array
+    np.testing.assert_array_equal(res.parts["faithfulness"].targets, res.arrays["targets"])
+    np.testing.assert_array_equal(res.arrays["targets"], res.arrays["preds"])
+    # every scored table says which way its maps read; raw entropy is never among them
+    for name in ("agreement", "faithfulness", "localisation", "sanity"):
+        assert "orientation" in res.tables[name], name
+    assert not res.tables["localisation"]["map"].str.endswith("entropy").any()
+    assert {"mass_gain_vs_prior", "mass_gain_vs_random"} <= set(res.tables["localisation"].columns)
     out = res.save(tmp_path / "analysis", figures=False)
     # tables as CSV and JSON, arrays as one npz
-    assert (out / "tables" / "interventions.csv").exists() and (out / "tables.json").exists()
+    assert (out / "tables" / "interventions.csv").exists() and (out / "tables" / "sanity.csv").exists()
     assert "attr__saliency" in np.load(out / "arrays.npz").files
     # figure functions are plain callables returning (Figure, arrays)
     fig, arrays = res.figures["interventions"]()
     assert "delta_accuracy" in arrays
+    fig, arrays = res.figures["sanity"]()
+    assert arrays["spearman"].shape == (res.tables["sanity"].shape[0], 6)
 
 
-def test_analyse_on_generated_data_if_available(tiny):
-    try:
-        from resmasknet.data import load_data  # type: ignore[attr-defined]
-    except ImportError:
-        pytest.skip("resmasknet.data.load_data not available yet")
-    d = load_data("generated:n=140,seed=0").select("test")
-    res = analyse(tiny, d, n_images=6, methods=("gradcam",), interventions=False, faithfulness=False,
-                  progress=False)
-    # the split is not empty and the requested number of faces was analysed
-    assert res.arrays["images"].shape == (6, 48, 48)
-    # generated data brings regions, so localisation runs by default, with both baselines
-    assert {"random", "uniform"} <= set(res.tables["localisation"]["map"])
-    # class names come from the data
-    assert res.meta["classes"] == list(d.classes)
+def test_analyse_the_unapplied_control_without_crashing(unapplied, tmp_path: Path):
+    from resmasknet.data import load_data
+
+    d = load_data("generated:n=60,seed=0")
+    res = analyse(unapplied, d, n_images=6, methods=("saliency", "mask_attr"), steps=2, sanity_images=2,
+                  intervention_kinds=("zero", "class_mean"), progress=False)
+    # generated data brings regions, so localisation runs by default, with all three baselines
+    assert {"random", "uniform", "prior"} <= set(res.tables["localisation"]["map"])
+    assert res.meta["classes"] == list(d.classes) and res.meta["unapplied_masks"] == ["mask1", "mask2", "mask3",
+                                                                                      "mask4"]
+    # attribution to each unused mask: reported as 0 with the note, everywhere it appears
+    att = res.tables["attribution"].set_index("map")
+    assert (att.loc[[f"mask_attr/mask{i}" for i in range(1, 5)], "mean"] == 0).all()
+    for table in ("attribution", "localisation", "sanity"):
+        t = res.tables[table].set_index("map")
+        assert t.loc["mask_attr/mask2", "note"] == UNAPPLIED_NOTE, table
+    assert not res.tables["sanity"].set_index("map").loc["mask_attr/mask2", "flagged"]
+    # interventions that cannot change anything are not run and say so
+    iv = res.tables["interventions"]
+    assert len(iv) == 8 and not iv["computed"].any() and (iv["mean_abs_dlogit"] == 0).all()
+    # the all-zero maps still draw (a flat panel, not an error)
+    fig, arrays = res.figures["mask_attr_panel"]()
+    assert save_figure(fig, arrays, tmp_path, "control_mask_attr")["png"].exists()
 
 
 def test_analyse_refuses_an_empty_split(tiny):
@@ -386,7 +412,7 @@ def test_analyse_refuses_an_empty_split(tiny):
 
 
 def test_channels_last_keeps_values_and_restores_the_layout():
-    from ablate.analysis.probe import channels_last
+    from ablate.analysis.common import channels_last
 
     torch.manual_seed(0)
     model = create_model("resmasknet_tiny").eval()
@@ -394,11 +420,11 @@ def test_channels_last_keeps_values_and_restores_the_layout():
     with torch.no_grad():
         before = model(x)
         with channels_last(model):
-            conv = model.layer1[0].conv1.weight
+            conv = model.layer1[0].conv1.weight  # type: ignore[index, union-attr]
             assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
             inside = model(x)
         after = model(x)
     # the same numbers in either layout, and the caller's layout comes back
     torch.testing.assert_close(inside, before, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(after, before)
-    assert model.layer1[0].conv1.weight.is_contiguous()
+    assert model.layer1[0].conv1.weight.is_contiguous()  # type: ignore[index, union-attr]

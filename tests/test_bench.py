@@ -46,3 +46,52 @@ def test_cli_bench(tmp_path, capsys):
     # an unknown model is a clear error naming it
     rc = main(["bench", "--model", "resmasknet_huge"])
     assert rc == 2 and "resmasknet_huge" in capsys.readouterr().err
+
+
+# ---- one busy core -----------------------------------------------------------------------------------------
+def test_busy_core_spins_and_is_stopped():
+    import os
+    import time
+
+    from resmasknet.bench import busy_core
+
+    with busy_core(-1) as busy:
+        start = busy.cpu_seconds()
+        time.sleep(0.5)
+        used = busy.cpu_seconds()
+        pid = busy.process.pid
+        # the competitor is a separate, running process that uses CPU time (where /proc tells us)
+        assert pid != os.getpid() and busy.process.poll() is None
+        if start is not None and used is not None:
+            assert used > start
+    # leaving the block kills it
+    assert busy.process.poll() is not None
+
+
+def test_bench_contended_reports_idle_busy_and_ratio():
+    import pytest
+
+    from resmasknet.bench import bench_contended, format_contended
+
+    row = bench_contended("resmasknet_tiny", batch_size=4, steps=1, warmup=1, seconds=1.0, rounds=1, device="cpu")
+    # both throughputs are measured in the same run, and the ratio is contended / idle (speeds not asserted)
+    assert row["train_idle_img_s"] > 0 and row["train_contended_img_s"] > 0
+    assert row["contended_ratio"] == pytest.approx(row["train_contended_img_s"] / row["train_idle_img_s"])
+    assert row["omp_wait_policy"] and row["threads"] >= 1
+    # the table shows the model and the ratio
+    text = format_contended([row])
+    assert "resmasknet_tiny" in text and "ratio" in text
+    with pytest.raises(ValueError, match="rounds=0"):
+        bench_contended("resmasknet_tiny", batch_size=4, rounds=0)
+
+
+def test_cli_bench_contended(tmp_path, capsys):
+    from ablate.cli import main
+
+    out = tmp_path / "c.json"
+    rc = main(["bench", "--contended", "--model", "resmasknet_tiny", "--batch-size", "4", "--steps", "1",
+               "--warmup", "1", "--rounds", "1", "--seconds", "1", "--device", "cpu", "--json", str(out)])
+    # the contended table is printed and the JSON holds idle, contended and the ratio
+    assert rc == 0 and "busy-core img/s" in capsys.readouterr().out
+    row = json.loads(out.read_text())[0]
+    assert {"train_idle_img_s", "train_contended_img_s", "contended_ratio"} <= row.keys()

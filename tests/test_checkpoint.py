@@ -45,9 +45,22 @@ def test_truncated_file_is_a_clear_error(tmp_path):
     path = tmp_path / "cut.pt"
     save_checkpoint(path, create_model("resmasknet_tiny"), classes=FER_CLASSES)
     path.write_bytes(path.read_bytes()[:1000])
-    # a damaged file names itself
-    with pytest.raises(CheckpointMismatch, match="cut.pt"):
+    # a damaged file names itself and says it is damaged
+    with pytest.raises(CheckpointMismatch, match=r"cut\.pt: damaged or truncated PyTorch file"):
         load_checkpoint(path)
+
+
+def test_empty_and_foreign_files_say_why_they_are_not_checkpoints(tmp_path):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    text = tmp_path / "x.pt"
+    text.write_bytes(b"hello world, not weights")
+    # an empty file is named as empty, with its size
+    with pytest.raises(CheckpointMismatch, match=r"empty\.pt: empty file \(0 bytes\), not a checkpoint"):
+        load_checkpoint(empty)
+    # a file that is not a PyTorch file at all says so and shows how it starts
+    with pytest.raises(CheckpointMismatch, match=r"x\.pt: not a PyTorch file \(it starts with b'hello"):
+        load_checkpoint(text)
 
 
 def test_failed_save_leaves_no_file(tmp_path, monkeypatch):

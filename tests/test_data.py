@@ -509,6 +509,64 @@ def test_val_fraction_carves_validation_from_train(tmp_path):
     assert np.array_equal(load_data(tmp_path, val_fraction=0.2).split, data.split)
 
 
+def _kaggle_layout(root: Path, per_class: dict[str, int], test_per_class: int = 2) -> Path:
+    """Kaggle's FER2013 folders: train/<class>/*.png and test/<class>/*.png, no validation folder."""
+    rng = np.random.default_rng(11)
+    for name, n in per_class.items():
+        for i in range(n):
+            _save(root / "train" / name / f"Training_{i}.png", _pixels(rng, 1)[0])
+        for i in range(test_per_class):
+            _save(root / "test" / name / f"PrivateTest_{i}.png", _pixels(rng, 1)[0])
+    return root
+
+
+def test_kaggle_layout_gets_a_stratified_seeded_hold_out(tmp_path):
+    counts = {"angry": 13, "disgust": 3, "fear": 21, "happy": 37, "sad": 9, "surprise": 17, "neutral": 25}
+    root = _kaggle_layout(tmp_path / "kaggle", counts)
+    data = load_data(root)
+    # the default holds out 10% of each class's training images as val: within 1 of 0.1 x count
+    c = data.counts()
+    for k, name in enumerate(data.classes):
+        assert abs(c[1, k] - 0.1 * counts[name]) <= 1, name
+        assert c[0, k] + c[1, k] == counts[name]
+    # test is untouched; the summary and repr say a hold-out was made, and of what
+    assert c[2].tolist() == [2] * 7
+    assert "hold-out of train" in repr(data) and "no validation split" in data.summary()
+    # the same seed gives the same split; another seed another; another fraction other counts
+    assert np.array_equal(load_data(root).split, data.split)
+    assert not np.array_equal(load_data(root, val_seed=1).split, data.split)
+    assert int((load_data(root, val_fraction=0.3).split == 1).sum()) == sum(round(0.3 * n) for n in counts.values())
+    # val_fraction=0 keeps no validation split; a bad fraction is refused
+    assert not (load_data(root, val_fraction=0).split == 1).any()
+    with pytest.raises(DataError, match="val_fraction"):
+        load_data(root, val_fraction=1.5)
+
+
+def test_source_with_a_validation_split_keeps_it(tmp_path, folder_root):
+    with_val = load_data(folder_root)
+    # a layout that has val/ is loaded as it is: val_fraction does not apply
+    assert np.array_equal(load_data(folder_root, val_fraction=0.5).split, with_val.split)
+    assert "hold-out" not in with_val.source
+
+
+def test_kaggle_layout_trains_and_evaluates(tmp_path, capsys):
+    from ablate.cli import main
+
+    root = _kaggle_layout(tmp_path / "kaggle", {name: 6 for name in CLASSES}, test_per_class=1)
+    out = tmp_path / "run"
+    rc = main(["train", "--model", "resmasknet_tiny", "--data", str(root), "--out", str(out), "--epochs", "1",
+               "--batch-size", "8", "--max-train-batches", "1", "--no-progress", "--device", "cpu",
+               "--val-fraction", "0.2"])
+    text = capsys.readouterr().out
+    # training on the Kaggle layout works (val is held out of train, and the command says so) and evaluates test
+    assert rc == 0 and "hold-out of train" in text and "test (7 images" in text
+    rc = main(["evaluate", str(out / "best.pt"), "--data", str(root), "--split", "val", "--val-fraction", "0.2",
+               "--device", "cpu"])
+    text = capsys.readouterr().out
+    # evaluate holds out the same val images (same fraction and seed) and says so
+    assert rc == 0 and "hold-out of train" in text and "n=7," in text
+
+
 # ---------------------------------------------------------------- dispatch
 
 

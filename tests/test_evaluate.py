@@ -97,3 +97,20 @@ def test_cli_evaluate(model, tmp_path, capsys):
     # a missing checkpoint is a clear error
     rc = main(["evaluate", str(tmp_path / "nope.pt"), "--data", "generated:n=240,seed=0"])
     assert rc == 2 and "nope.pt" in capsys.readouterr().err
+
+
+def test_cli_evaluate_explains_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
+    from ablate.cli import main
+
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    text = tmp_path / "x.pt"
+    text.write_text("hello")
+    # a blank file: the error says it is empty (0 bytes)
+    rc = main(["evaluate", str(empty), "--data", "generated:n=70,seed=0", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "empty.pt: empty file (0 bytes), not a checkpoint" in err
+    # a text file: the error says it is not a PyTorch file and shows its first bytes
+    rc = main(["evaluate", str(text), "--data", "generated:n=70,seed=0", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "x.pt: not a PyTorch file (it starts with b'hello')" in err

@@ -108,6 +108,40 @@ def test_save_examples(tmp_path):
     assert height == 7 * 50 and width == 2 * (48 * 2 + 2)
 
 
+def test_baseline_check_logs_and_never_prints(capsys, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="resmasknet.data._baselines"):
+        result = baseline_check(700, cnn=False, linear="ridge", strengths=(1e3,), verbose=True)
+    # library code prints nothing: its progress goes to the logger
+    assert capsys.readouterr().out == ""
+    assert any("linear (ridge)" in r.message for r in caplog.records)
+    assert 0 <= result["linear_test_acc"] <= 1
+
+
+def test_baselines_main_prints_the_numbers(tmp_path, monkeypatch, capsys):
+    from resmasknet.data import _baselines
+
+    monkeypatch.setattr(_baselines, "baseline_check", lambda n: {"n": float(n), "linear_test_acc": 0.25})
+    grid = tmp_path / "grid.png"
+    # the command line prints the check's numbers and saves the example grid (the library itself never prints)
+    assert _baselines.main(["140", str(grid)]) == 0
+    out = capsys.readouterr().out
+    assert "'linear_test_acc': 0.25" in out and "'n': 140.0" in out and grid.exists()
+
+
+@pytest.mark.slow
+def test_baselines_command_prints_the_numbers(tmp_path):
+    import subprocess
+    import sys
+
+    grid = tmp_path / "grid.png"
+    out = subprocess.run([sys.executable, "-m", "resmasknet.data._generated", "140", str(grid)],
+                         capture_output=True, text=True, check=True, timeout=600)
+    # `python -m resmasknet.data._generated [n]` still runs the check and prints its numbers
+    assert "cnn_test_acc" in out.stdout and "linear_test_acc" in out.stdout and grid.exists()
+
+
 @pytest.mark.slow
 def test_full_baseline_check():
     result = baseline_check(6000, verbose=False)

@@ -98,3 +98,28 @@ def test_yaml_errors_name_the_file(tmp_path):
     # malformed YAML is refused with the file named
     with pytest.raises(StudyError, match="broken.yaml: not valid YAML"):
         load_study(p)
+
+
+def test_rope_and_common_random_numbers():
+    study = parse_study(GOOD)
+    # defaults: a 0.5-point region of practical equivalence, common random numbers on
+    assert study.rope == 0.5 and study.crn is True
+    study = parse_study({**GOOD, "rope": 1, "common_random_numbers": False})
+    # both keys are read from the file (rope as a float)
+    assert study.rope == 1.0 and isinstance(study.rope, float) and study.crn is False
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"rope": -1}, "rope=-1 must be a number >= 0"),
+    ({"rope": "wide"}, "rope='wide' must be a number >= 0"),
+    ({"rope": True}, "rope=True must be a number"),
+    ({"common_random_numbers": "yes"}, "common_random_numbers='yes' must be true or false"),
+    ({"base/train": {"epochs": "three"}}, "base.train: epochs='three' must be an integer"),
+    ({"base/train": {"lr": -1}}, "base.train: lr=-1 must be a number"),
+    ({"variants": {"on": {"train.batch_size": 0}}}, "variants.on: batch_size=0 must be an integer"),
+    ({"tiny": {"trian": {}}}, "unknown key 'trian' in tiny.*did you mean 'train'"),
+])
+def test_bad_values_are_refused_when_the_file_is_read(changes, message):
+    # every value is checked when the study is read, before anything runs: the file and the key are named
+    with pytest.raises(StudyError, match=message):
+        parse_study(bad(**changes), "bad.yaml")

@@ -15,8 +15,13 @@ Conventions of the returned maps (all numpy float32):
   (native-resolution maps in ``native``);
 * ``mask_attr/maskN``: attribution to the mask's output (gradient x activation by default, or layer
   integrated gradients), summed over channels in absolute value and upsampled; the signed channel
-  sum at native resolution is in ``native``. An ``unapplied`` mask has zero attribution (nothing
-  downstream depends on it), which is the right answer.
+  sum at native resolution is in ``native``. An ``unapplied`` mask has zero attribution by
+  construction (nothing downstream depends on it): it is not run through Captum (whose gradient
+  with respect to an unused tensor is an error), the map is exactly 0 and ``notes`` says why.
+
+The explained class of every face is in ``targets`` (the prediction by default); deletion curves
+and sanity checks score that class. Predictions come from the caller when it has them (the shared
+forward pass of :func:`ablate.analysis.analyse`) and from ``resmasknet.evaluate.predict`` otherwise.
 
 Captum traps handled here: ``model.eval()`` (via ``eval_mode``), IG memory bounded with
 ``internal_batch_size``, no ``torch.inference_mode`` around anything that needs gradients, and
@@ -38,15 +43,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ablate.analysis.probe import (
+from ablate.analysis.common import (
     batch_slices,
     check_images,
     eval_mode,
     faces_to_float,
-    mask_stages,
-    resolve_device,
+    model_device,
+    predict_classes,
     upsample_maps,
 )
+from ablate.analysis.masks import ATTENDED, mask_stages
 from resmasknet.model import ResMaskNet
 
 __all__ = [
@@ -58,14 +64,18 @@ __all__ = [
     "attribute",
     "baseline_faces",
     "input_attribution",
+    "UNAPPLIED_NOTE",
     "layer_attribution",
-    "predict",
+    "resolve_targets",
     "reused_modules",
 ]
 
 INPUT_METHODS = ("ig", "saliency", "smoothgrad", "occlusion", "deeplift")
 LAYER_METHODS = ("gradcam", "mask_attr")
 DEFAULT_METHODS = ("ig", "saliency", "occlusion", "gradcam", "mask_attr")
+
+#: The note every result carries for an attribution that is zero because the mask is not applied.
+UNAPPLIED_NOTE = "mask not applied: attribution zero by construction"
 
 
 class FaceModel(nn.Module):
@@ -78,22 +88,6 @@ class FaceModel(nn.Module):
 
     def forward(self, faces: Tensor) -> Tensor:
         return self.model(self.model.prepare_input(faces))
-
-
-def predict(model: ResMaskNet, images: np.ndarray, *, batch_size: int = 64,
-            device: str | torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted classes [N] and logits [N, K] of uint8 faces, batched, without gradients."""
-    images, _ = check_images(images)
-    dev = resolve_device(model, device)
-    preds, logits = [], []
-    with eval_mode(model), torch.inference_mode():
-        for sl in batch_slices(images.shape[0], batch_size):
-            out = model(model.prepare_input(torch.from_numpy(images[sl]).to(dev))).float()
-            logits.append(out.cpu().numpy())
-            preds.append(out.argmax(1).cpu().numpy())
-    k = int(model.config.num_classes)
-    return (np.concatenate(preds) if preds else np.zeros(0, np.int64),
-            np.concatenate(logits) if logits else np.zeros((0, k), np.float32))
 
 
 def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
@@ -136,7 +130,8 @@ def input_attribution(fm: FaceModel, x: Tensor, target: Tensor, method: str, *,
     (sum of attributions minus F(x) - F(baseline): completeness)."""
     from captum.attr import DeepLift, IntegratedGradients, NoiseTunnel, Occlusion, Saliency
 
-    x = x.detach()
+    # gradient methods need x to require gradients (Captum sets it itself, with a warning per call)
+    x = x.detach().requires_grad_(method != "occlusion")
     if method == "ig":
         attr, delta = IntegratedGradients(fm).attribute(
             x, baselines=baseline_faces(x, baseline), target=target, n_steps=ig_steps,
@@ -220,10 +215,17 @@ class AttributionResult:
     deltas: dict[str, np.ndarray] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def zero_by_construction(self) -> list[str]:
+        """Maps that are exactly 0 because their mask is not applied (see ``notes``)."""
+        return [k for k, v in self.notes.items() if v == UNAPPLIED_NOTE]
 
     def table(self) -> pd.DataFrame:
         """One row per map: mean and 99th percentile of the map, the fraction of finite values,
-        the seconds it took, and for IG/DeepLift the mean |convergence delta| (completeness error)."""
+        the seconds it took, for IG/DeepLift the mean |convergence delta| (completeness error), the
+        orientation, ``zero_by_construction`` and a ``note`` (e.g. an unapplied mask's)."""
         rows = []
         for key, a in self.maps.items():
             method = key.split("/")[0]
@@ -236,6 +238,9 @@ class AttributionResult:
                 "finite": float(fin.mean()) if a.size else float("nan"),
                 "seconds": self.seconds.get(key, self.seconds.get(method, float("nan"))),
                 "abs_delta": float(np.mean(np.abs(d))) if d is not None and d.size else float("nan"),
+                "orientation": ATTENDED,
+                "zero_by_construction": self.notes.get(key) == UNAPPLIED_NOTE,
+                "note": self.notes.get(key, ""),
             })
         return pd.DataFrame(rows)
 
@@ -259,6 +264,7 @@ def attribute(
     occlusion_baseline: str = "mean",
     gradcam_tap: str = "refine",
     mask_method: str = "gxa",
+    preds: np.ndarray | None = None,
     progress: bool = False,
 ) -> AttributionResult:
     """Captum attributions for uint8 faces [N, 48, 48], batched.
@@ -269,7 +275,8 @@ def attribute(
     that tile 48 px exactly; an 8-px window is about an eye on a 48-px face) over each face's mean grey.
     gradcam_tap: ``refine`` (after the mask: what the head sees) or ``layer`` (before the mask).
     mask_method: ``gxa`` (gradient x activation, one backward pass) or ``lig`` (layer IG, ig_steps
-    passes).
+    passes). preds: the unmodified model's predictions [N] when the caller has them (one forward
+    pass saved); otherwise they are computed.
     """
     images, labels_arr = check_images(images, labels)
     bad = [m for m in methods if m not in INPUT_METHODS + LAYER_METHODS]
@@ -279,22 +286,14 @@ def attribute(
         raise ValueError(f"gradcam_tap must be 'refine' or 'layer', got {gradcam_tap!r}")
     if mask_method not in ("gxa", "lig"):
         raise ValueError(f"mask_method must be 'gxa' or 'lig', got {mask_method!r}")
-    dev = resolve_device(model, device)
+    dev = model_device(model, device)
     n, h, w = images.shape
-    preds, _ = predict(model, images, batch_size=max(batch_size, 64), device=dev)
-    if isinstance(target, str):
-        if target == "pred":
-            targets = preds
-        elif target == "true":
-            if labels_arr is None:
-                raise ValueError("target='true' needs labels")
-            targets = labels_arr
-        else:
-            raise ValueError(f"target must be 'pred', 'true' or an int array, got {target!r}")
-    else:
-        targets = np.asarray(target, dtype=np.int64)
-        if targets.shape != (n,):
-            raise ValueError(f"target array must have shape ({n},), got {targets.shape}")
+    if preds is None:
+        preds = predict_classes(model, images, batch_size=max(batch_size, 64), device=dev)[0]
+    preds = np.asarray(preds, np.int64)
+    if preds.shape != (n,):
+        raise ValueError(f"preds must have shape ({n},), got {preds.shape}")
+    targets = resolve_targets(target, preds, labels_arr)
 
     fm = FaceModel(model).eval()
     stages = [i + 1 for i in range(len(model.config.masks))]
@@ -309,7 +308,10 @@ def attribute(
         else:
             keys += [f"mask_attr/{st.name}" for st in mstages]
     maps = {k: np.zeros((n, h, w), np.float32) for k in keys}
-    native: dict[str, np.ndarray] = {}
+    notes = {f"mask_attr/{st.name}": UNAPPLIED_NOTE for st in mstages
+             if not st.applied and f"mask_attr/{st.name}" in maps}
+    native: dict[str, np.ndarray] = {
+        k: np.zeros((n, st.size, st.size), np.float32) for st in mstages if (k := f"mask_attr/{st.name}") in notes}
     raw: dict[str, np.ndarray] = {}
     deltas: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {k: 0.0 for k in keys}
@@ -319,6 +321,8 @@ def attribute(
             x = faces_to_float(images[sl], dev)
             tgt = torch.from_numpy(targets[sl]).to(dev)
             for key in keys:
+                if key in notes:  # unapplied mask: exactly 0, nothing to run
+                    continue
                 t0 = time.perf_counter()
                 method, _, tap = key.partition("/")
                 if method in INPUT_METHODS:
@@ -351,4 +355,23 @@ def attribute(
                      occlusion_window=occlusion_window, occlusion_stride=occlusion_stride,
                      occlusion_baseline=occlusion_baseline, gradcam_tap=gradcam_tap, mask_method=mask_method,
                      ig_steps=ig_steps, internal_batch_size=internal_batch_size, baseline=baseline),
+        notes=notes,
     )
+
+
+def resolve_targets(target: str | np.ndarray, preds: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+    """The class each face's attribution explains: ``"pred"`` -> ``preds``, ``"true"`` -> ``labels``
+    or an int array [N] as given."""
+    n = preds.shape[0]
+    if isinstance(target, str):
+        if target == "pred":
+            return preds
+        if target == "true":
+            if labels is None:
+                raise ValueError("target='true' needs labels")
+            return labels
+        raise ValueError(f"target must be 'pred', 'true' or an int array, got {target!r}")
+    targets = np.asarray(target, dtype=np.int64)
+    if targets.shape != (n,):
+        raise ValueError(f"target array must have shape ({n},), got {targets.shape}")
+    return targets

@@ -2,9 +2,15 @@
 
 For each face and each saliency map, pixels are ranked from most to least salient. *Deletion*
 replaces the top fraction t of pixels by a baseline (t = 0, 1/steps, ..., 1) and records the model's
-probability for the true class: a faithful map makes it fall fast (low AUC). *Insertion* starts from
-the baseline and puts the top pixels back: a faithful map makes it rise fast (high AUC). A seeded
-random ordering is the reference every map must beat.
+probability for the class the map explains: a faithful map makes it fall fast (low AUC).
+*Insertion* starts from the baseline and puts the top pixels back: a faithful map makes it rise
+fast (high AUC). A seeded random ordering is the reference every map must beat.
+
+Which class is scored: the one each map explains (``targets``: the class the attributions were
+computed for, by default the unmodified model's prediction). Scoring the true class instead would
+grade a map of "why fear" by what happens to "sad" on every misclassified face. The true-class
+curves come from the same forward passes (another column of the same softmax), so they are
+reported too, in columns and curves whose names end in ``_true``.
 
 Baseline ``blur`` (default): a Gaussian-blurred copy of the face, so deleted pixels stay in the
 range of natural faces instead of creating sharp grey holes (which a CNN can react to in itself).
@@ -24,14 +30,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ablate.analysis.attribution import baseline_faces
-from ablate.analysis.probe import (
+from ablate.analysis.common import (
     batch_slices,
     check_images,
     eval_mode,
     faces_to_float,
-    resolve_device,
+    model_device,
     upsample_maps,
 )
+from ablate.analysis.masks import ATTENDED
 
 __all__ = ["FaithfulnessResult", "auc", "deletion_insertion", "saliency_ranks"]
 
@@ -56,15 +63,18 @@ def saliency_ranks(maps: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 @dataclass
 class FaithfulnessResult:
-    """table: one row per map with mean deletion and insertion AUC (of the true-class probability),
-    their standard errors, ``insertion_auc - deletion_auc`` (higher is better), and the same numbers
-    relative to the random ordering. curves: {"deletion"|"insertion": {map: [N, steps + 1]}};
-    fractions: the x axis [steps + 1]."""
+    """table: one row per map with mean deletion and insertion AUC of the explained class's
+    probability, their standard errors, ``difference`` = insertion - deletion (higher is better),
+    the same relative to the random ordering (``*_vs_random``), the true-class versions
+    (``deletion_auc_true``, ``insertion_auc_true``, ``difference_true``), ``scored_class`` and
+    ``orientation``. curves: {"deletion"|"insertion"|"deletion_true"|"insertion_true": {map:
+    [N, steps + 1]}}; fractions: the x axis [steps + 1]; targets: the explained class per face."""
 
     table: pd.DataFrame
     curves: dict[str, dict[str, np.ndarray]]
     fractions: np.ndarray
     options: dict[str, object] = field(default_factory=dict)
+    targets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def deletion_insertion(
@@ -79,12 +89,19 @@ def deletion_insertion(
     random_baseline: bool = True,
     seed: int = 0,
     batch_size: int = 256,
+    targets: np.ndarray | None = None,
+    target_name: str = "pred",
+    reference_probs: np.ndarray | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
 ) -> FaithfulnessResult:
     """Deletion and insertion curves for every map in ``saliency`` ({name: [N, h, w]}, upsampled
     bilinearly to the face size when smaller) on uint8 faces [N, H, W] with true ``labels``.
 
+    targets: the class each face's maps explain [N] (``AttributionResult.targets``); None: the
+    unmodified model's prediction (``target_name`` labels the choice in the table).
+    reference_probs: the unmodified model's probabilities [N, K] when the caller has them (the
+    shared forward pass); the t = 0 end of the curves then needs no forward pass of its own.
     ``batch_size`` is the number of perturbed faces per forward pass; faces are grouped so that all
     of a face's intermediate steps go through in the same passes. Memory: O(batch_size) images.
     """
@@ -92,8 +109,14 @@ def deletion_insertion(
     assert labels_arr is not None
     if steps < 2:
         raise ValueError(f"steps must be >= 2, got {steps}")
-    dev = resolve_device(model, device)
+    dev = model_device(model, device)
     n, h, w = images.shape
+    if reference_probs is not None and np.asarray(reference_probs).shape[0] != n:
+        raise ValueError(f"reference_probs has {np.asarray(reference_probs).shape[0]} rows for {n} images")
+    if targets is not None:
+        targets = np.asarray(targets, np.int64)
+        if targets.shape != (n,):
+            raise ValueError(f"targets must have shape ({n},), got {targets.shape}")
     p = h * w
     names = list(saliency)
     sal = {}
@@ -109,7 +132,9 @@ def deletion_insertion(
     fractions = np.linspace(0.0, 1.0, steps + 1)
     counts = np.round(fractions * p).astype(np.int64)
     inner = counts[1:-1]  # steps 1..steps-1; the ends are the same for every map
-    curves = {c: {k: np.zeros((n, steps + 1), np.float32) for k in names} for c in ("deletion", "insertion")}
+    kinds = ("deletion", "insertion", "deletion_true", "insertion_true")
+    curves = {c: {k: np.zeros((n, steps + 1), np.float32) for k in names} for c in kinds}
+    explained = np.empty(n, np.int64)
     ranks = {k: saliency_ranks(sal[k], np.random.default_rng([seed, i])) for i, k in enumerate(names)}
 
     per_face = 2 * len(inner)
@@ -120,9 +145,15 @@ def deletion_insertion(
             x = faces_to_float(images[sl], dev)  # [B, 1, H, W]
             b = x.shape[0]
             base = baseline_faces(x, baseline, blur_sigma=blur_sigma)
+            if reference_probs is None:
+                ends = fm_forward(torch.cat([x, base]))
+                p_orig, p_base = ends[:b], ends[b:]
+            else:
+                p_orig = torch.as_tensor(np.asarray(reference_probs[sl], np.float32), device=dev)
+                p_base = fm_forward(base)
+            tgt = p_orig.argmax(1) if targets is None else torch.from_numpy(targets[sl]).to(dev)
+            explained[sl] = tgt.cpu().numpy()
             lab = torch.from_numpy(labels_arr[sl]).to(dev)
-            ends = fm_forward(torch.cat([x, base]), torch.cat([lab, lab]))
-            p_orig, p_base = ends[:b], ends[b:]
             xf, bf = x.reshape(b, 1, p), base.reshape(b, 1, p)
             cnt = torch.from_numpy(inner).to(dev)[None, :, None]  # [1, T, 1]
             for k in names:
@@ -131,38 +162,51 @@ def deletion_insertion(
                 deleted = torch.where(top, bf, xf)
                 inserted = torch.where(top, xf, bf)
                 batch = torch.cat([deleted, inserted], 1).reshape(-1, 1, h, w)
-                probs = fm_forward(batch, lab.repeat_interleave(2 * len(inner))).reshape(b, 2, len(inner))
-                dcurve = torch.cat([p_orig[:, None], probs[:, 0], p_base[:, None]], 1)
-                icurve = torch.cat([p_base[:, None], probs[:, 1], p_orig[:, None]], 1)
-                curves["deletion"][k][sl] = dcurve.cpu().numpy()
-                curves["insertion"][k][sl] = icurve.cpu().numpy()
+                probs = fm_forward(batch).reshape(b, 2, len(inner), -1)  # [B, 2, T, K]
+                for suffix, cls in (("", tgt), ("_true", lab)):
+                    c = cls.clamp(0, probs.shape[-1] - 1)
+                    mid = probs.gather(3, c[:, None, None, None].expand(b, 2, len(inner), 1)).squeeze(3)
+                    po, pb = p_orig.gather(1, c[:, None]), p_base.gather(1, c[:, None])
+                    dcurve = torch.cat([po, mid[:, 0], pb], 1)
+                    icurve = torch.cat([pb, mid[:, 1], po], 1)
+                    curves["deletion" + suffix][k][sl] = dcurve.cpu().numpy()
+                    curves["insertion" + suffix][k][sl] = icurve.cpu().numpy()
+
+    def sem(a: np.ndarray) -> float:
+        return float(a.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
 
     rows = []
     for k in names:
-        d, i = auc(curves["deletion"][k], fractions), auc(curves["insertion"][k], fractions)
-        rows.append({"map": k, "n": n, "deletion_auc": d.mean() if n else np.nan,
-                     "deletion_sem": d.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan,
-                     "insertion_auc": i.mean() if n else np.nan,
-                     "insertion_sem": i.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan,
-                     "difference": (i - d).mean() if n else np.nan})
+        row: dict[str, object] = {"map": k, "n": n, "scored_class": f"explained ({target_name})",
+                                  "orientation": ATTENDED}
+        for suffix in ("", "_true"):
+            d = auc(curves["deletion" + suffix][k], fractions)
+            i = auc(curves["insertion" + suffix][k], fractions)
+            row.update({f"deletion_auc{suffix}": d.mean() if n else np.nan, f"deletion_sem{suffix}": sem(d),
+                        f"insertion_auc{suffix}": i.mean() if n else np.nan, f"insertion_sem{suffix}": sem(i),
+                        f"difference{suffix}": (i - d).mean() if n else np.nan})
+        rows.append(row)
     table = pd.DataFrame(rows)
     if random_baseline and not table.empty:
         ref = table.set_index("map").loc["random"]
-        table["deletion_vs_random"] = table["deletion_auc"] - ref["deletion_auc"]
-        table["insertion_vs_random"] = table["insertion_auc"] - ref["insertion_auc"]
-    return FaithfulnessResult(table=table, curves=curves, fractions=fractions,
-                              options=dict(steps=steps, baseline=baseline, blur_sigma=blur_sigma, seed=seed))
+        for suffix in ("", "_true"):
+            for kind in ("deletion", "insertion"):
+                table[f"{kind}_vs_random{suffix}"] = table[f"{kind}_auc{suffix}"] - ref[f"{kind}_auc{suffix}"]
+    table["n_explained_not_true"] = int((explained != labels_arr).sum())
+    return FaithfulnessResult(table=table, curves=curves, fractions=fractions, targets=explained,
+                              options=dict(steps=steps, baseline=baseline, blur_sigma=blur_sigma, seed=seed,
+                                           target=target_name))
 
 
-def _prob_fn(model: nn.Module, chunk: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """faces [M, 1, H, W] (float, [0, 1]) and classes [M] -> the probability of that class [M],
-    in chunks of ``chunk`` faces so memory stays bounded."""
+def _prob_fn(model: nn.Module, chunk: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """faces [M, 1, H, W] (float, [0, 1]) -> class probabilities [M, K], in chunks of ``chunk``
+    faces so memory stays bounded."""
 
-    def run(faces: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    def run(faces: torch.Tensor) -> torch.Tensor:
         out = []
         for s in range(0, faces.shape[0], chunk):
             logits = model(model.prepare_input(faces[s:s + chunk])).float()  # type: ignore[operator]
-            out.append(torch.softmax(logits, 1).gather(1, cls[s:s + chunk, None]).squeeze(1))
-        return torch.cat(out) if out else torch.zeros(0, device=faces.device)
+            out.append(torch.softmax(logits, 1))
+        return torch.cat(out)
 
     return run

@@ -8,6 +8,9 @@ Figures are built with ``matplotlib.figure.Figure`` directly (no pyplot): no glo
 no figure leaks in long loops, and they still display in Jupyter and save as PNG (Agg). Colour
 scales are shared wherever panels show the same quantity (a row of one stage's maps, a column of
 one attribution method), with one colour bar per shared scale.
+
+(A little over 400 lines on purpose: one small independent function per figure, and the figures
+share colour-scale helpers; splitting them would scatter those helpers.)
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ablate.analysis.attribution import AttributionResult
+from ablate.analysis.common import upsample_maps
 from ablate.analysis.faithfulness import FaithfulnessResult
-from ablate.analysis.probe import ProbeResult, upsample_maps
+from ablate.analysis.probe import ProbeResult
 
 __all__ = [
     "agreement_plot",
@@ -34,6 +38,7 @@ __all__ = [
     "intervention_plot",
     "localisation_plot",
     "mask_gallery",
+    "sanity_plot",
     "save_figure",
     "stage_summary_plot",
 ]
@@ -283,8 +288,8 @@ def intervention_plot(table: pd.DataFrame) -> tuple[Figure, dict[str, np.ndarray
 
 def faithfulness_plot(result: FaithfulnessResult, *, maps: Sequence[str] | None = None
                       ) -> tuple[Figure, dict[str, np.ndarray]]:
-    """Mean deletion and insertion curves (true-class probability vs fraction of pixels changed),
-    AUC in the legend; the random ordering is dashed black."""
+    """Mean deletion and insertion curves (probability of the class the maps explain vs fraction of
+    pixels changed), AUC in the legend; the random ordering is dashed black."""
     names = list(maps) if maps is not None else list(result.curves["deletion"])
     fig = Figure(figsize=(11, 4.0), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
@@ -302,7 +307,8 @@ def faithfulness_plot(result: FaithfulnessResult, *, maps: Sequence[str] | None 
         ax.set_title(f"{kind} (AUC {'lower' if kind == 'deletion' else 'higher'} is better)", fontsize=_TITLE)
         ax.set_xlabel("fraction of pixels " + ("deleted" if kind == "deletion" else "inserted"), fontsize=_LABEL)
         ax.tick_params(labelsize=_LABEL)
-    axes[0].set_ylabel("true-class probability", fontsize=_LABEL)
+    axes[0].set_ylabel(f"probability of the explained class ({result.options.get('target', 'pred')})",
+                       fontsize=_LABEL)
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), title="map (AUC)")
     fig.suptitle(f"Deletion / insertion, baseline: {result.options.get('baseline')}", fontsize=_TITLE + 1)
     return fig, arrays
@@ -312,11 +318,11 @@ def localisation_plot(table: pd.DataFrame) -> tuple[Figure, dict[str, np.ndarray
     """Mass inside the evidence region and pointing-game hit rate per map, baselines dashed."""
     fig = Figure(figsize=(10, 0.32 * len(table) + 1.6), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
-    maps = table[~table["map"].isin(["random", "uniform"])]
+    maps = table[~table["map"].isin(["random", "uniform", "prior"])]
     y = np.arange(len(maps))
     for ax, col in zip(axes, ("mass", "pointing")):
         ax.barh(y, maps[col], xerr=maps[f"{col}_sem"], color="#5b8fc9")
-        for base, ls in (("random", "--"), ("uniform", ":")):
+        for base, ls in (("random", "--"), ("uniform", ":"), ("prior", "-")):
             v = table.loc[table["map"] == base, col]
             if len(v):
                 ax.axvline(float(v.iloc[0]), color="k", ls=ls, lw=1, label=f"{base} {float(v.iloc[0]):.3f}")
@@ -326,7 +332,8 @@ def localisation_plot(table: pd.DataFrame) -> tuple[Figure, dict[str, np.ndarray
         ax.tick_params(labelsize=_LABEL)
     axes[0].set_yticks(y, maps["map"].tolist(), fontsize=_LABEL - 1)
     axes[0].invert_yaxis()
-    fig.suptitle("Localisation against the ground-truth evidence regions", fontsize=_TITLE + 1)
+    fig.suptitle("Localisation against the ground-truth evidence regions (maps minus their minimum; "
+                 "beat the data prior, not only random)", fontsize=_TITLE + 1)
     return fig, {c: table[c].to_numpy() for c in ("mass", "mass_sem", "pointing", "pointing_sem", "area")} | {
         "map": table["map"].to_numpy().astype(str)}
 
@@ -377,3 +384,26 @@ def save_figure(fig: Figure, arrays: Mapping[str, np.ndarray], folder: str | Pat
     if close:
         fig.clear()
     return out
+
+
+def sanity_plot(steps: pd.DataFrame, *, threshold: float = 0.5) -> tuple[Figure, dict[str, np.ndarray]]:
+    """Cascading randomisation: mean Spearman (trained vs randomised map) per map after each step,
+    the flagging threshold dashed; ``steps`` is ``SanityResult.table``."""
+    order = steps.drop_duplicates("step").sort_values("step_index")
+    names = list(pd.unique(steps["map"]))
+    values = steps.pivot(index="map", columns="step", values="spearman").reindex(index=names, columns=order["step"])
+    fig = Figure(figsize=(8, 4.2), layout="constrained")
+    ax = fig.subplots()
+    palette = [colors.to_hex(c) for c in matplotlib.colormaps["tab20"].colors]  # type: ignore[attr-defined]
+    x = np.arange(values.shape[1])
+    for i, name in enumerate(names):
+        ax.plot(x, values.loc[name].to_numpy(), marker="o", lw=1.2, ms=3, color=palette[i % len(palette)], label=name)
+    ax.axhline(threshold, color="k", ls="--", lw=1, label=f"flag above {threshold}")
+    ax.set_xticks(x, [f"+{s}" for s in order["step"]], fontsize=_LABEL)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_ylabel("Spearman, trained vs randomised map", fontsize=_LABEL)
+    ax.set_xlabel("randomised so far (cascading, from the head down)", fontsize=_LABEL)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle("Sanity check: model-parameter randomisation (Adebayo et al. 2018)", fontsize=_TITLE + 1)
+    return fig, {"spearman": values.to_numpy(), "map": np.array(names), "step": order["step"].to_numpy().astype(str)}
+

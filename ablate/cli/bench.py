@@ -3,12 +3,12 @@
 
     ablate bench --model resnet_cpu resmasknet_cpu --batch-size 32 --json bench.json
     ablate bench --all --device cuda
+    ablate bench --contended --model resmasknet_cpu --threads 2     # idle vs one busy core, and the ratio
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 
@@ -26,17 +26,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=float, default=10.0, help="stop a measurement after this long")
     p.add_argument("--no-plain", action="store_true", help="skip the plain (authors' way) measurements")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    p.add_argument("--bf16-cpu", action="store_true", help="optimised path: bf16 autocast on CPU too")
+    p.add_argument("--bf16-cpu", action="store_true",
+                   help="optimised path: bf16 autocast on CPU too, where the CPU has bf16 units (else fp32, logged)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--contended", action="store_true",
+                   help="training throughput idle and while another process keeps one core busy, and the ratio "
+                        "(shows what OMP_WAIT_POLICY=PASSIVE, set by `ablate`, buys on a shared machine)")
+    p.add_argument("--busy-core", type=int, metavar="N",
+                   help="with --contended: the core the busy process is pinned to (default: the last one)")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ablate.cli.models import _parse_sets
-    from resmasknet.bench import bench, format_table
-    from resmasknet.evaluate import resolve_device
+    from resmasknet.bench import bench, bench_contended, format_contended, format_table
     from resmasknet.registry import get_config, list_models
+    from resmasknet.runtime import resolve_device
 
     if args.threads:
         import torch
@@ -53,6 +59,19 @@ def run(args: argparse.Namespace) -> int:
     for n in names:  # fail on a bad name or --set key before any measurement starts
         get_config(n, **overrides)
 
+    if args.contended:
+        rows = []
+        for n in names:
+            row = bench_contended(n, batch_size=args.batch_size, device=dev, steps=args.steps, warmup=args.warmup,
+                                  seconds=args.seconds, rounds=args.rounds, cpu_bf16=args.bf16_cpu,
+                                  overrides=overrides, core=args.busy_core)
+            print(f"  {n}: train {row['train_idle_img_s']:.1f} img/s idle, {row['train_contended_img_s']:.1f} "
+                  f"with a busy core ({row['contended_ratio']:.2f}x)", file=sys.stderr, flush=True)
+            rows.append(row)
+        print(format_contended(rows))
+        _write_json(args.json, rows)
+        return 0
+
     def show(row: dict) -> None:
         print(f"  {row['model']}: train {row['train_img_s']:.1f} img/s, eval {row['eval_img_s']:.1f} img/s, "
               f"data {row['data_img_s']:.0f} img/s", file=sys.stderr, flush=True)
@@ -61,9 +80,13 @@ def run(args: argparse.Namespace) -> int:
                  seconds=args.seconds, rounds=args.rounds, plain=not args.no_plain, cpu_bf16=args.bf16_cpu,
                  overrides=overrides, progress=show)
     print(format_table(rows))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=2)
-            fh.write("\n")
-        print(f"wrote {args.json}")
+    _write_json(args.json, rows)
     return 0
+
+
+def _write_json(path: str | None, rows: list) -> None:
+    if path:
+        from resmasknet.runtime import atomic_write_json
+
+        atomic_write_json(path, rows)
+        print(f"wrote {path}")

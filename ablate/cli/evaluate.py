@@ -16,6 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-bad-rows", action="store_true",
                    help="drop malformed rows / unreadable images (their count is reported) instead of stopping")
     p.add_argument("--split", default="test", help="train, val or test (default: test)")
+    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
+                   help="a source with no validation split holds out this stratified, seeded fraction of train "
+                        "as val, as `ablate train` does (default 0.1; 0: none)")
     p.add_argument("--tta", choices=("none", "flip", "authors"), default="none",
                    help="test-time augmentation: flip (plain + mirrored) or authors (10 random flip/rotations)")
     p.add_argument("--batch-size", type=int, default=256)
@@ -31,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from resmasknet.evaluate import evaluate
 
     model, ckpt = load_checkpoint(args.checkpoint)
-    data = load_data(args.data, skip_bad_rows=args.skip_bad_rows)
+    data = load_data(args.data, skip_bad_rows=args.skip_bad_rows, val_fraction=args.val_fraction)
     split = data.select(args.split)
     if len(split) == 0:
         raise ValueError(f"{args.data}: split {args.split!r} holds no images")
@@ -44,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     res.info.update({"checkpoint": str(args.checkpoint), "split": args.split,
                      **({"epoch": meta["epoch"]} if "epoch" in meta else {})})
     print(f"{args.checkpoint} on {args.data} [{args.split}]")
+    print(f"data: {data!r}")
     print(res.report())
     if args.out:
         folder = res.save(args.out)

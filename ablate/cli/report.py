@@ -80,8 +80,15 @@ def cmd_analyse(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from ablate.report import explain
 
     path = explain(args.checkpoint, args.images, args.out)
+    probs = pd.read_csv(path.parent / "probabilities.csv")
+    classes = [c for c in probs.columns if c not in ("image", "prediction")]
+    for _, row in probs.iterrows():  # most likely class first
+        ranked = sorted(((c, float(row[c])) for c in classes), key=lambda t: -t[1])
+        print(f"{row['image']}: " + ", ".join(f"{c} {v:.3f}" for c, v in ranked))
     print(f"explanation: {path}")
     return 0

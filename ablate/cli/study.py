@@ -1,12 +1,24 @@
-"""`ablate run | worker | status | summarize | ui`: studies as Optuna sweeps tracked in MLflow."""
+"""`ablate run | worker | status | summarize | ui`: studies as Optuna sweeps tracked in MLflow.
+
+Exit codes: 0 done; 1 grid cells remain unfinished (each exhausted cell is listed with its reason) or a
+storage error (disk full, read-only, permission: one line naming the path); a failed or killed worker gives
+the highest worker status (128 + signal when killed); 2 bad input (the study file, a flag); 130 Ctrl-C,
+143 SIGTERM.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def _common(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
@@ -25,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = _common(sub, "run", "run a study (creates storage, MLflow parent run, local workers)")
     p.add_argument("--workers", type=int, default=1,
                    help="local worker processes (default 1: in this process; 0: only prepare the study)")
+    p.add_argument("--workers-per-gpu", type=int, metavar="N",
+                   help="with CUDA: N worker processes per GPU (N x GPUs in all, devices assigned round-robin); "
+                        "overrides --workers. Without CUDA: ignored (--workers on the CPU)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="give cells that used all their attempts new ones (after fixing the cause)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if present)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-summary", action="store_true")
@@ -48,14 +65,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def session_from(args: argparse.Namespace):
-    from ablate.runner import Paths, Session
+    from ablate.runner import Paths, Session, configure_optuna_logging
     from ablate.study import load_study
 
+    configure_optuna_logging()
     study = load_study(args.study)
     if getattr(args, "tiny", False):
         study = study.with_tiny()
     paths = Paths.for_study(study, args.out)
     storage = args.storage or str(paths.journal)
+    args.storage_path = storage  # main() names it when the journal cannot be read
     tracking = args.tracking_uri
     if tracking is None:
         if storage.startswith("postgresql"):
@@ -76,8 +95,41 @@ def session_from(args: argparse.Namespace):
                    progress=not getattr(args, "no_progress", False))
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM / SIGHUP raise `ablate.faults.Terminated` (a KeyboardInterrupt) while the block runs, so trials
+    and runs are marked KILLED on the way out; the previous handlers come back afterwards."""
+    from ablate.faults import raise_on_sigterm
+
+    if not _main_thread():
+        yield
+        return
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    raise_on_sigterm()
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _end_parent(session, outcome: str) -> None:
+    from ablate.runner import finish_study
+
+    try:
+        finish_study(session, outcome)
+    except Exception as exc:  # noqa: BLE001 - the run's own error (if any) matters more
+        log.warning("could not mark the study's MLflow run %s: %s", outcome, exc)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from ablate.runner import prepare, spawn_workers, work
+    from ablate.runner import prepare, spawn_workers, study_outcome, work
 
     session = session_from(args)
     study = session.study
@@ -85,34 +137,57 @@ def cmd_run(args: argparse.Namespace) -> int:
           + (f"{len(study.variants)} variants x {len(study.seeds)} seeds = {len(study.cells)} cells"
              if study.mode == "grid" else f"{study.search['n_trials']} trials")
           + f"\n  output   {session.paths.root}\n  optuna   {session.storage_url}\n  mlflow   {session.tracking_uri}")
-    prepare(session)
-    if args.workers == 0:
+    workers_per_gpu = getattr(args, "workers_per_gpu", None)
+    prepare(session, retry_failed=getattr(args, "retry_failed", False))
+    if args.workers == 0 and not workers_per_gpu:
         print(f"study prepared; add workers with: ablate worker {args.study} --storage {session.storage_url} "
               f"--tracking-uri {session.tracking_uri}")
         return 0
-    if args.workers > 1:
-        rc = spawn_workers(args.study, args.workers, session)
-        if rc:
-            print(f"a worker exited with status {rc}", file=sys.stderr)
-    else:
-        work(session)
-    _print_status(session)
+    worker_rc = 0
+    try:
+        with _terminate_as_interrupt():
+            if args.workers > 1 or workers_per_gpu:
+                worker_rc = spawn_workers(args.study, max(1, args.workers), session, workers_per_gpu)
+            else:
+                work(session)
+    except KeyboardInterrupt:
+        _end_parent(session, "KILLED")
+        raise
+    except BaseException:
+        _end_parent(session, "FAILED")
+        raise
+    st = _print_status(session)
+    outcome = study_outcome(st)
+    _end_parent(session, outcome)
     if not args.no_summary:
-        cmd_summarize(argparse.Namespace(**{**vars(args), "metric": "test_acc", "markdown": False}))
+        if outcome == "FINISHED":
+            cmd_summarize(argparse.Namespace(**{**vars(args), "metric": "test_acc", "markdown": False}))
+        else:
+            print(f"no summary while the study is unfinished (`ablate summarize {args.study}` summarises the "
+                  f"finished trials)")
+    if worker_rc:
+        print(f"error: a worker failed (exit status {worker_rc}; see above)", file=sys.stderr)
+        return worker_rc
+    if outcome != "FINISHED":
+        print(f"error: study {study.name} is not finished (see above)", file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from ablate.runner import work
+    from ablate.runner import die_with_parent, work
 
+    if os.environ.get("ABLATE_PARENT_PID"):  # started by `ablate run`: stop when it stops
+        die_with_parent(int(os.environ.pop("ABLATE_PARENT_PID")))
     session = session_from(args)
-    n = work(session, max_trials=args.max_trials)
+    with _terminate_as_interrupt():
+        n = work(session, max_trials=args.max_trials)
     print(f"worker done: {n} trial(s) run")
     return 0
 
 
 def _print_status(session) -> dict:
-    from ablate.runner import status
+    from ablate.runner import MAX_ATTEMPTS, status
 
     st = status(session)
     line = f"trials: {st['trials']}"
@@ -121,6 +196,13 @@ def _print_status(session) -> dict:
     if "mlflow_runs" in st:
         line += f"; MLflow trial runs: {st['mlflow_runs']}"
     print(line)
+    if st.get("infra_failures"):
+        n = sum(st["infra_failures"].values())
+        print(f"infrastructure failures (no attempt used): {n}")
+    for cell in st.get("cells_exhausted", []):
+        print(f"failed cell {cell['cell']}: all {cell['attempts']} attempts failed; last: {cell['reason']}")
+    if st.get("cells_exhausted"):
+        print(f"  (fix the cause, then `ablate run --retry-failed` gives them {MAX_ATTEMPTS} new attempts)")
     if st.get("cells_missing"):
         print(f"missing cells: {', '.join(st['cells_missing'])}  (rerun `ablate run` to finish them)")
     return st
@@ -149,7 +231,9 @@ def cmd_summarize(args: argparse.Namespace) -> int:
         print(format_summary(session.study.name, result, args.metric))
     out = session.paths.root / "summary.csv"
     if "table" in result:
-        result["table"].to_csv(out, index=False)
+        from resmasknet.runtime import atomic_write
+
+        atomic_write(out, lambda tmp: result["table"].to_csv(tmp, index=False))
         print(f"\nsummary table: {out}")
     return 0
 

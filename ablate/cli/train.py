@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="'generated[:n=...,seed=...]', a fer2013.csv, a folder (default: generated)")
     p.add_argument("--skip-bad-rows", action="store_true",
                    help="drop malformed rows / unreadable images (their count is reported) instead of stopping")
+    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
+                   help="a source with no validation split (Kaggle's train/ + test/ folders) holds out this "
+                        "stratified, seeded fraction of train as val (default 0.1; 0: none)")
     p.add_argument("--out", required=True, help="output folder (checkpoints, history, test metrics)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="network config override (repeatable)")
     p.add_argument("--recipe", choices=("auto", "paper", "cpu"), default="auto",
@@ -44,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="stretch the onecycle/cosine lr schedule over --minutes rather than over the epochs, so "
                         "it always anneals within the budget on a busy machine (--epochs becomes an upper bound)")
     p.add_argument("--bf16-cpu", action="store_true",
-                   help="bf16 autocast when training on CPU too (faster on CPUs with AVX512-BF16/AMX)")
+                   help="bf16 autocast when training on CPU too, used only where the CPU has bf16 units "
+                        "(AVX512-BF16, AMX-BF16, Arm BF16); elsewhere one logged line and fp32 (it would be slower)")
     p.add_argument("--threads", type=int, help="torch CPU threads (on a crowded machine 1 can beat 2)")
     p.add_argument("--max-train-batches", type=int, help="per epoch (tiny test runs)")
     p.add_argument("--limit", type=int, help="use a random LIMIT images of train and of val (tiny test runs)")
@@ -101,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     # the seed decides the initial weights too (each module's from (seed, module name)): same seed, same run
     model = create_model(net_cfg, pretrained=args.pretrained, seed=cfg.seed)
     t0 = time.perf_counter()
-    data = load_data(args.data, skip_bad_rows=args.skip_bad_rows)
+    data = load_data(args.data, skip_bad_rows=args.skip_bad_rows, val_fraction=args.val_fraction)
     print(f"data: {data!r} loaded in {time.perf_counter() - t0:.1f}s; "
           f"train {int((data.split == 0).sum())}, val {int((data.split == 1).sum())}, "
           f"test {int((data.split == 2).sum())}" + (f"; {data.skipped} skipped (bad)" if data.skipped else ""),
@@ -121,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
 
     res = train(model, data, cfg, out_dir=out, callback=log, resume=args.resume, device=args.device,
                 progress=not args.no_progress)
-    print(f"\n{res.status}: {res.message}")
+    fp32_note = "  (--bf16-cpu asked for; trained in fp32: no bf16 units)" if cfg.cpu_bf16 and not res.bf16 else ""
+    print(f"\n{res.status}: {res.message}{fp32_note}")
     print(f"best val acc {res.best_val_acc * 100:.2f}% at epoch {res.best_epoch} of {res.epochs}; "
           f"{res.seconds / 60:.1f} min of training; checkpoints in {out}/ (best.pt, last.pt), history.json",
           flush=True)

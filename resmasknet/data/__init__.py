@@ -7,17 +7,29 @@ Example:
     >>> train = data.select("train")
     >>> train.images.shape, train.labels[:5], data.classes
     >>> print(data.summary())
+
+Accepted spellings (case-insensitive, surrounding spaces ignored):
+  - fer2013.csv's `Usage` column: Training or Train -> train; PublicTest, Val, Valid or Validation -> val;
+    PrivateTest or Test -> test. The column itself may be named Usage or Split, `emotion` also Label or
+    Emotions, `pixels` also Pixel.
+  - image folders' split folders: train, training -> train; val, valid, validation, publictest -> val;
+    test, privatetest -> test. Class folders: see `CLASS_ALIASES` (e.g. angry/anger/mad, happy/happiness).
+  - Kaggle's FER2013 folders (train/ and test/ only; its test/ is PublicTest + PrivateTest) have no
+    validation split: `load_data` holds out a stratified, seeded `val_fraction` (default 0.1) of train as
+    val, and the data's source (its repr and summary) says so.
 """
 
+from resmasknet.data._baselines import baseline_check
 from resmasknet.data._core import CLASSES, FERPLUS_CLASSES, SPLITS, DataError, FaceData
 from resmasknet.data._fer import FERPLUS_MODES, load_fer_csv, load_presplit_dir
 from resmasknet.data._folders import CLASS_ALIASES, IMAGE_EXTENSIONS, SPLIT_ALIASES, load_image_folders
-from resmasknet.data._generated import EVIDENCE, PARTS, GeneratorConfig, baseline_check, generate_faces, save_examples
-from resmasknet.data._load import load_data
+from resmasknet.data._generated import EVIDENCE, PARTS, GeneratorConfig, generate_faces, save_examples
+from resmasknet.data._load import DEFAULT_VAL_FRACTION, load_data
 
 __all__ = [
     "CLASSES",
     "CLASS_ALIASES",
+    "DEFAULT_VAL_FRACTION",
     "EVIDENCE",
     "FERPLUS_CLASSES",
     "FERPLUS_MODES",

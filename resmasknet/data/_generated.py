@@ -21,11 +21,16 @@ Nuisances, so raw pixels are not enough: pose, scale, position, skin and hair to
 texture, lighting gradient, gamma, Gaussian noise, occluders (placed where they cover the least
 evidence of the few candidate spots tried, so they mostly sit on non-evidence regions), expression
 intensity and per-face geometry of every part.
+
+One module of about 440 lines on purpose: the part shapes, the renderer and the evidence maps share one
+face frame and one random stream (its order is part of the dataset's identity), so splitting them would
+scatter what must change together. `resmasknet.data._baselines.baseline_check` measures that these
+properties hold (a linear probe stays low, a small CNN learns); `python -m resmasknet.data._generated [n]`
+runs it and prints the numbers.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -33,7 +38,7 @@ import numpy as np
 
 from resmasknet.data._core import CLASSES, DataError, FaceData
 
-__all__ = ["EVIDENCE", "PARTS", "GeneratorConfig", "baseline_check", "generate_faces", "save_examples"]
+__all__ = ["EVIDENCE", "PARTS", "GeneratorConfig", "generate_faces", "save_examples"]
 
 PARTS = ("brows", "eyes", "nose", "mouth")
 EVIDENCE: dict[str, tuple[str, ...]] = {
@@ -431,124 +436,7 @@ def save_examples(data: FaceData, path: str, *, per_class: int = 6, scale: int =
     img.save(path)
 
 
-def baseline_check(
-    n: int = 6000,
-    seed: int = 0,
-    size: int = 48,
-    *,
-    cnn: bool = True,
-    epochs: int = 10,
-    linear: str = "logistic",
-    strengths: tuple[float, ...] | None = None,
-    verbose: bool = True,
-    **options: Any,
-) -> dict[str, float]:
-    """Measure the two properties the generated data must have.
+if __name__ == "__main__":  # python -m resmasknet.data._generated [n]: the baseline check, printed
+    from resmasknet.data._baselines import main
 
-    Linear probe on raw pixels (standardised), trained on train, regularisation picked on val,
-    scored on test: must stay <= 60%. `linear="logistic"` is sklearn's LogisticRegression (the
-    reference number; strengths are its C values), `"ridge"` a closed-form RidgeClassifier (same
-    question, seconds instead of minutes; strengths are alphas). A small CNN (3 conv layers, a few
-    CPU epochs) must get far higher (>= 90%). Returns the numbers; options go to GeneratorConfig.
-    """
-    from sklearn.linear_model import LogisticRegression, RidgeClassifier
-    from sklearn.preprocessing import StandardScaler
-
-    t0 = time.perf_counter()
-    data = generate_faces(GeneratorConfig(n=n, seed=seed, size=size, **options))
-    out: dict[str, float] = {"n": float(n), "generate_s": time.perf_counter() - t0}
-    out["images_per_s"] = n / out["generate_s"]
-    tr, va, te = (data.select(s) for s in ("train", "val", "test"))
-
-    def flat(d: FaceData) -> np.ndarray:
-        return d.images.reshape(len(d), -1).astype(np.float64)
-
-    scaler = StandardScaler().fit(flat(tr))
-    xtr, xva, xte = (scaler.transform(flat(d)) for d in (tr, va, te))
-    if linear == "logistic":
-        grid = strengths or (0.001, 0.01, 0.1)
-
-        def make(c: float) -> Any:
-            return LogisticRegression(C=c, max_iter=500)
-    elif linear == "ridge":
-        grid = strengths or (1e2, 1e3, 1e4, 1e5)
-
-        def make(c: float) -> Any:
-            return RidgeClassifier(alpha=c)
-    else:
-        raise ValueError(f"linear={linear!r}: expected 'logistic' or 'ridge'")
-    best: tuple[float, float, Any] = (-1.0, 0.0, None)
-    t0 = time.perf_counter()
-    for c in grid:
-        clf = make(c).fit(xtr, tr.labels)
-        acc = float(clf.score(xva, va.labels))
-        if verbose:
-            print(f"linear ({linear}) {c:g}: val {acc:.3f}")
-        if acc > best[0]:
-            best = (acc, c, clf)
-    out["linear_strength"], out["linear_val_acc"] = best[1], best[0]
-    out["linear_test_acc"] = float(best[2].score(xte, te.labels))
-    out["linear_train_acc"] = float(best[2].score(xtr, tr.labels))
-    out["linear_s"] = time.perf_counter() - t0
-    if cnn:
-        out.update(_cnn_check(tr, va, te, epochs=epochs, seed=seed, verbose=verbose))
-    if verbose:
-        print({k: round(v, 4) for k, v in out.items()})
-    return out
-
-
-def _cnn_check(tr: FaceData, va: FaceData, te: FaceData, *, epochs: int, seed: int, verbose: bool) -> dict[str, float]:
-    """Train a 3-conv-layer CNN on CPU for a few epochs; report val/test accuracy."""
-    import torch
-    from torch import nn
-
-    torch.manual_seed(seed)
-
-    def block(cin: int, cout: int) -> nn.Sequential:
-        return nn.Sequential(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)
-        )
-
-    net = nn.Sequential(
-        block(1, 16), block(16, 32), block(32, 64), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 7)
-    )
-
-    def tensor(d: FaceData) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.from_numpy(d.images).float().div(255).sub(0.5).div(0.25).unsqueeze(1)
-        return x, torch.from_numpy(d.labels)
-
-    xtr, ytr = tensor(tr)
-    steps = epochs * ((len(tr) + 63) // 64)
-    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
-    gen = torch.Generator().manual_seed(seed)
-    t0 = time.perf_counter()
-
-    def accuracy(d: FaceData) -> float:
-        net.eval()
-        x, y = tensor(d)
-        with torch.no_grad():
-            pred = torch.cat([net(x[i : i + 512]).argmax(1) for i in range(0, len(x), 512)])
-        net.train()
-        return float((pred == y).float().mean())
-
-    for epoch in range(epochs):
-        perm = torch.randperm(len(xtr), generator=gen)
-        for i in range(0, len(perm), 64):
-            j = perm[i : i + 64]
-            loss = nn.functional.cross_entropy(net(xtr[j]), ytr[j])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-        if verbose:
-            elapsed = time.perf_counter() - t0
-            print(f"cnn epoch {epoch + 1}: loss {loss.item():.3f} val {accuracy(va):.3f} ({elapsed:.0f}s)")
-    return {"cnn_val_acc": accuracy(va), "cnn_test_acc": accuracy(te), "cnn_s": time.perf_counter() - t0}
-
-
-if __name__ == "__main__":  # python -m resmasknet.data._generated [n]
-    import sys
-
-    baseline_check(int(sys.argv[1]) if len(sys.argv) > 1 else 6000)
-    save_examples(generate_faces(n=70), "/tmp/generated_examples.png")
+    main()

@@ -14,14 +14,18 @@ from resmasknet.data._fer import FERPLUS_MODES, load_fer_csv, load_presplit_dir
 from resmasknet.data._folders import load_image_folders
 from resmasknet.data._generated import GeneratorConfig, generate_faces
 
-__all__ = ["load_data", "parse_generated_spec"]
+__all__ = ["DEFAULT_VAL_FRACTION", "load_data", "parse_generated_spec"]
+
+# Sources without a validation split (Kaggle's FER2013 folders: train/ and test/ only) hold this fraction of
+# each class's training images out for validation: training keeps the best-validation checkpoint.
+DEFAULT_VAL_FRACTION = 0.1
 
 _SPEC_HELP = (
     "expected 'generated' or 'generated:n=6000,seed=0,size=48', a fer2013.csv file, "
     "'ferplus:/path/fer2013.csv', a directory holding train.csv/val.csv/test.csv or fer2013.csv, "
     "or a directory of image folders <split>/<class>/*.png"
 )
-_FILE_OPTIONS = ("size", "progress", "val_fraction", "ferplus_csv")
+_FILE_OPTIONS = ("size", "progress", "ferplus_csv")
 
 
 def parse_generated_spec(spec: str) -> dict[str, Any]:
@@ -63,21 +67,21 @@ def _resize(data: FaceData, size: int | None) -> FaceData:
 
 
 def _carve_val(data: FaceData, fraction: float | None, seed: int = 0) -> FaceData:
-    """Move a class-stratified, seeded fraction of train to val, for layouts that ship without a
-    validation split (e.g. Kaggle's train/ + test/ folders)."""
-    if not fraction:
+    """Move a class-stratified, seeded fraction of train to val when the source has no validation split
+    (e.g. Kaggle's train/ + test/ folders); a source with one is returned unchanged."""
+    if fraction is not None and not 0 <= fraction < 1:
+        raise DataError(f"val_fraction={fraction}: must be between 0 and 1 (0 or None: no hold-out)")
+    if not fraction or (data.split == 1).any():
         return data
-    if not 0 < fraction < 1:
-        raise DataError(f"val_fraction={fraction}: must be between 0 and 1")
-    if (data.split == 1).any():
-        raise DataError(f"{data.source}: already has a validation split; val_fraction only fills a missing one")
     rng = np.random.default_rng(seed)
     split = data.split.copy()
     for c in range(len(data.classes)):
         idx = np.flatnonzero((data.labels == c) & (data.split == 0))
         k = int(round(fraction * idx.size))
         split[rng.permutation(idx)[:k]] = 1
-    return replace(data, split=split, source=f"{data.source}, val = {fraction:g} of train (seed {seed})")
+    held = int((split == 1).sum())
+    return replace(data, split=split, source=f"{data.source}; val: {held} images, a stratified {fraction:.0%} "
+                                             f"hold-out of train (seed {seed}), the source has no validation split")
 
 
 def load_data(
@@ -85,6 +89,8 @@ def load_data(
     *,
     skip_bad_rows: bool = False,
     ferplus: str | None = None,
+    val_fraction: float | None = DEFAULT_VAL_FRACTION,
+    val_seed: int = 0,
     **options: Any,
 ) -> FaceData:
     """Load any supported data source into a FaceData.
@@ -99,9 +105,14 @@ def load_data(
         fer2013.csv, or of image folders <split>/<class>/*.{png,jpg,jpeg,bmp}.
 
     skip_bad_rows: drop malformed rows/undecodable images with a warning (and FaceData.skipped)
-    instead of raising DataError. Options for files: size (resize, default native 48),
-    progress (tqdm bar: None = automatic for long loads), val_fraction (carve val from train when
-    the source has none), ferplus_csv (where fer2013new.csv is).
+    instead of raising DataError.
+    val_fraction: for a file or folder source with no validation split (Kaggle's FER2013 folders have
+    only train/ and test/), hold out this fraction of each class's training images as val (stratified,
+    rounded per class, drawn with `val_seed`; the same seed gives the same split). 0 or None: no hold-out.
+    A source that has a validation split keeps it (val_fraction does not apply); `FaceData.source` (its
+    repr and summary) says when a hold-out was made. Generated data always has its own val split.
+    Options for files: size (resize, default native 48), progress (tqdm bar: None = automatic for
+    long loads), ferplus_csv (where fer2013new.csv is).
     """
     if isinstance(spec, FaceData):
         raise TypeError("load_data: spec is already a FaceData")
@@ -123,20 +134,19 @@ def load_data(
     if not path.exists():
         raise DataError(f"{path}: no such file or directory ({_SPEC_HELP})")
     size = options.pop("size", None)
-    val_fraction = options.pop("val_fraction", None)
     progress = options.get("progress")
     if path.is_dir() and (path / "fer2013.csv").is_file() and not (path / "train.csv").exists():
         path = path / "fer2013.csv"
     if path.is_file():
         _check_options(options, _FILE_OPTIONS, "fer2013.csv files")
         data = load_fer_csv(path, skip_bad_rows=skip_bad_rows, ferplus=ferplus, **options)
-        return _carve_val(_resize(data, size), val_fraction)
+        return _carve_val(_resize(data, size), val_fraction, val_seed)
     if ferplus is not None:
         raise DataError(f"{path}: FER+ needs fer2013.csv (row-aligned with fer2013new.csv), not a directory layout")
     if any((path / f"{s}.csv").is_file() for s in ("train", "val", "test")):
         _check_options(options, ("progress",), "train/val/test.csv directories")
         data = load_presplit_dir(path, skip_bad_rows=skip_bad_rows, progress=progress)
-        return _carve_val(_resize(data, size), val_fraction)
+        return _carve_val(_resize(data, size), val_fraction, val_seed)
     _check_options(options, ("progress",), "image folders")
     data = load_image_folders(path, skip_bad_rows=skip_bad_rows, size=48 if size is None else size, progress=progress)
-    return _carve_val(data, val_fraction)
+    return _carve_val(data, val_fraction, val_seed)

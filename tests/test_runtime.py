@@ -1,0 +1,124 @@
+"""resmasknet.runtime: CPU feature detection (bf16 units), the OpenMP wait policy, and what training does with them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from resmasknet import runtime
+
+X86_AVX512_BF16 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 9R14
+flags\t\t: fpu vme sse sse2 avx avx2 avx512f avx512bw avx512vl avx512_bf16 avx512_vnni
+"""
+X86_AMX = "processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_tile amx_bf16 amx_int8\n"
+ZEN3_AVX2 = "processor\t: 0\nmodel name\t: AMD EPYC 7R13\nflags\t\t: fpu sse2 avx avx2 fma bmi2\n"
+# AVX-512 without bf16 units (Skylake/Cascade Lake): torch's capability says AVX512, the CPU has no bf16 units
+SKYLAKE = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512bw avx512vl avx512dq avx512_vnni\n"
+ARM_BF16 = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes sha1 sha2 crc32 atomics bf16 i8mm\n"
+
+
+@pytest.fixture
+def cpuinfo(tmp_path):
+    def write(text: str) -> Path:
+        path = tmp_path / "cpuinfo"
+        path.write_text(text)
+        return path
+
+    return write
+
+
+def test_cpu_has_bf16_reads_the_flags(cpuinfo):
+    # AVX512-BF16, AMX-BF16 and Arm BF16 are bf16 units
+    assert runtime.cpu_has_bf16(cpuinfo(X86_AVX512_BF16))
+    assert runtime.cpu_has_bf16(cpuinfo(X86_AMX))
+    assert runtime.cpu_has_bf16(cpuinfo(ARM_BF16))
+    # AVX2 only (Zen 3) and AVX-512 without bf16 are not
+    assert not runtime.cpu_has_bf16(cpuinfo(ZEN3_AVX2))
+    assert not runtime.cpu_has_bf16(cpuinfo(SKYLAKE))
+    # an unreadable cpuinfo counts as "no bf16 units", with the reason saying so
+    ok, why = runtime.cpu_bf16_support("/nonexistent/cpuinfo")
+    assert not ok and "cannot read" in why
+    # the reason names the flag found, or the flags missing and torch's CPU capability
+    assert runtime.cpu_bf16_support(cpuinfo(X86_AVX512_BF16))[1] == "CPU flag avx512_bf16"
+    assert "capability" in runtime.cpu_bf16_support(cpuinfo(ZEN3_AVX2))[1]
+
+
+def test_training_falls_back_to_fp32_without_bf16_units(cpuinfo, monkeypatch, caplog, tmp_path):
+    import torch
+
+    from resmasknet import create_model
+    from resmasknet.data import load_data
+    from resmasknet.train import CPU_RECIPE, train, use_bf16
+
+    cfg = CPU_RECIPE.replace(epochs=1, batch_size=16, max_train_batches=1, limit=32, eval_batch_size=32,
+                             cpu_bf16=True)
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "CPUINFO", str(cpuinfo(X86_AVX512_BF16)))
+    # a CPU with bf16 units trains under bf16 autocast when asked; without the request it does not
+    assert use_bf16(cfg, cpu) and not use_bf16(cfg.replace(cpu_bf16=False), cpu)
+    monkeypatch.setattr(runtime, "CPUINFO", str(cpuinfo(ZEN3_AVX2)))
+    with caplog.at_level(logging.WARNING, logger="resmasknet.train"):
+        res = train(create_model("resmasknet_tiny", seed=0), load_data("generated:n=140,seed=0"), cfg,
+                    out_dir=tmp_path, progress=False, device="cpu")
+    # without bf16 units the request is kept, one line says why, and the run trains in fp32 and says so
+    assert res.config.cpu_bf16 is True and res.bf16 is False and res.history[-1]["bf16"] is False
+    assert [r.message for r in caplog.records if "bf16" in r.message][0].count("fp32") == 1
+    assert len([r for r in caplog.records if "bf16" in r.message]) == 1
+
+
+def test_configure_threads_sets_passive_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    # unset: PASSIVE
+    assert runtime.configure_threads() == "PASSIVE" and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    # the user's own choice is kept
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert runtime.configure_threads() == "ACTIVE" and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_configure_threads_before_and_after_torch_loads():
+    code = ("import sys, logging; logging.basicConfig()\n"
+            "from resmasknet import runtime\n"
+            "loaded = 'torch' in sys.modules\n"
+            "runtime.configure_threads()\n"
+            "print(loaded)\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    before = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    # importing resmasknet.runtime does not load torch, so the policy is set in time: no warning
+    assert before.stdout.strip() == "False" and "spin" not in before.stderr
+    after = subprocess.run([sys.executable, "-c", "import torch\n" + code], capture_output=True, text=True,
+                           env=env, check=True)
+    # called after torch loaded, it warns that this process keeps its spinning threads
+    assert "torch was imported before" in after.stderr
+
+
+def test_ablate_main_sets_the_policy_before_torch(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    code = ("import os, sys\nfrom ablate.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(os.environ.get('OMP_WAIT_POLICY'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    # the `ablate` command sets OMP_WAIT_POLICY=PASSIVE first thing
+    assert out.stdout.strip().splitlines()[-1] == "PASSIVE"
+
+
+def test_package_exports_the_entry_points():
+    import resmasknet
+    import resmasknet.evaluate  # noqa: F401  (importing the module must not hide the function)
+    import resmasknet.train  # noqa: F401
+    from resmasknet.data import FaceData, load_data
+    from resmasknet.evaluate import evaluate
+    from resmasknet.train import train
+
+    # train, evaluate, load_data and FaceData are top-level names, the same objects as in their modules
+    assert resmasknet.train is train and resmasknet.evaluate is evaluate
+    assert resmasknet.load_data is load_data and resmasknet.FaceData is FaceData
+    assert {"train", "evaluate", "load_data", "FaceData"} <= set(resmasknet.__all__)
+    # every name in __all__ resolves
+    assert all(getattr(resmasknet, name) is not None for name in resmasknet.__all__)
