@@ -54,9 +54,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = _common(sub, "status", "trials and MLflow runs of a study, and the grid cells still missing")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
-    p = _common(sub, "summarize", "the ablation table: means, CIs, paired differences, McNemar + Holm")
-    p.add_argument("--metric", default="test_acc")
-    p.add_argument("--markdown", action="store_true")
+    p = _common(sub, "summarize", "the ablation table: seed-level intervals, paired tests over seeds, verdicts")
+    p.add_argument("--metric", default="test_acc", help="the trial metric to compare (default test_acc)")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--markdown", action="store_true", help="print the table as Markdown (for a README)")
+    fmt.add_argument("--latex", action="store_true", help="print the table as a LaTeX booktabs table (for a paper)")
+    p.add_argument("--test", choices=("t", "sign-flip"), default="t",
+                   help="the paired test over seeds: t (default) or the exact sign-flip permutation test")
     p.set_defaults(func=cmd_summarize)
     p = _common(sub, "ui", "open the MLflow UI for a study's store (127.0.0.1)")
     p.add_argument("--host", default="127.0.0.1")
@@ -224,9 +228,13 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     from ablate.summary import format_summary, summarize
 
     session = session_from(args)
-    result = summarize(session, metric=args.metric)
-    if args.markdown and "table" in result:
-        print(stats.to_markdown(result["table"], metric_label=args.metric.replace("_", " ")))
+    result = summarize(session, metric=args.metric, test=getattr(args, "test", "t"))
+    label = args.metric.replace("_", " ")
+    if getattr(args, "markdown", False) and "table" in result:
+        print(stats.to_markdown(result["table"], metric_label=label))
+    elif getattr(args, "latex", False) and "table" in result:
+        caption = f"{session.study.name}: {label}, seed-level comparison with {session.study.baseline}"
+        print(stats.to_latex(result["table"], metric_label=label, caption=caption))
     else:
         print(format_summary(session.study.name, result, args.metric))
     out = session.paths.root / "summary.csv"

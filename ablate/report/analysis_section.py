@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 ANALYSIS_PROFILES: dict[str, dict[str, Any]] = {
     # seconds on a CPU: the demo and tests
     "fast": {"methods": ("saliency", "gradcam", "mask_attr"), "steps": 5,
-             "intervention_kinds": ("zero", "uniform")},
+             "intervention_kinds": ("zero", "uniform"), "sanity_images": 4},
     # every method and intervention at coarser settings: 500 faces of a CPU preset in minutes on 2 cores
     "standard": {"steps": 10, "attribution_options": {"ig_steps": 16, "occlusion_window": 12,
                                                       "occlusion_stride": 12}},

@@ -183,7 +183,8 @@ def search_importance_table(importances: Mapping[str, float], effects: pd.DataFr
         eff = effects
         if "parameter" not in eff.columns:
             if eff.index.name != "parameter":
-                raise ValueError(f"effects needs a 'parameter' column (or index) to join on; it has {list(eff.columns)}")
+                raise ValueError("effects needs a 'parameter' column (or index) to join on; "
+                                 f"it has {list(eff.columns)}")
             eff = eff.reset_index()
         eff = eff.assign(parameter=eff["parameter"].astype(str))
         table = table.merge(eff, on="parameter", how="outer", sort=False)

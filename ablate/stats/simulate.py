@@ -4,11 +4,12 @@ Each simulated study compares a variant with a baseline over `n_seeds` seeds on 
 `n_images` faces. Every trained model answers each image correctly with probability
 sigmoid(difficulty_i + b), where b is the model's offset: a part shared by the two variants at one seed
 (common random numbers) plus a part of its own, scaled so that the seed-to-seed sd of one variant's
-accuracy (offsets and the binomial noise of which images each model gets right) is `seed_sd` points. A planted effect shifts the variant's offset by `effect` points. Under the
-null (effect 0) a "better"/"worse" verdict is a false positive; the t-interval of each variant's mean
+accuracy (offsets and the binomial noise of which images each model gets right) is `seed_sd` points.
+A planted effect shifts the variant's offset by `effect` points. Under the null (effect 0) a "better"/"worse"
+verdict is a false positive; the t-interval of each variant's mean
 should cover its expected accuracy (over seeds, on this test set) 95% of the time.
 
-    python -m ablate.stats.simulate            # the rates quoted in the README (a few seconds)
+    python -m ablate.stats.simulate            # the rates quoted in the README (a minute or two)
 """
 
 from __future__ import annotations

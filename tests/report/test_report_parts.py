@@ -160,3 +160,17 @@ def test_faces_read_errors_name_the_path_and_no_face_means_whole_image(tmp_path)
     face, box = detect_face(np.full((100, 80, 3), 30, np.uint8))
     # a flat image has no face: the whole image, resized to 48x48 grey uint8
     assert box is None and face.shape == (48, 48) and face.dtype == np.uint8
+
+
+def test_every_profile_option_is_an_analyse_parameter():
+    import inspect
+
+    from ablate.analysis import analyse
+    from ablate.report import ANALYSIS_PROFILES, analysis_options
+
+    params = set(inspect.signature(analyse).parameters)
+    # each profile passes only options analyse() takes (a renamed option fails here, not in a report)
+    for name in ANALYSIS_PROFILES:
+        assert set(analysis_options(name)) <= params, name
+    with pytest.raises(ValueError, match="profile 'huge'"):
+        analysis_options("huge")
