@@ -162,7 +162,8 @@ def _splits(data: Any, cfg: TrainConfig, net_cfg: NetConfig) -> tuple[Any, Any, 
         raise ValueError(f"{source}: need at least 2 training images, got {len(train_split)}")
     if len(val_split) < 1:
         raise ValueError(f"{source}: no validation images (split 'val'); training keeps the best-validation "
-                         "checkpoint and needs one (image folders without val/: load_data(..., val_fraction=0.1))")
+                         "checkpoint and needs one (hold some of train out: load_data(..., val_fraction=0.1), "
+                         "--val-fraction)")
     if len(classes) != net_cfg.num_classes:
         raise ValueError(f"the data has {len(classes)} classes {classes} but the model predicts "
                          f"{net_cfg.num_classes}; build it with num_classes={len(classes)}")

@@ -28,7 +28,8 @@ from torch import nn
 from resmasknet.config import NetConfig
 from resmasknet.recipe import TrainConfig
 
-__all__ = ["FINAL_STATUSES", "RESUMABLE_CHANGES", "RunState", "check_resumable", "fingerprint", "restore", "state_extra"]
+__all__ = ["FINAL_STATUSES", "RESUMABLE_CHANGES", "RunState", "check_resumable", "fingerprint", "restore",
+           "state_extra"]
 
 # Statuses after which a resumed run has nothing left to do.
 FINAL_STATUSES = ("completed", "early_stopped")

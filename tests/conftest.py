@@ -3,8 +3,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# PyTorch's OpenMP threads spin-wait unless told otherwise; set it before torch loads (as `ablate` does)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 def _find_shared() -> Path:
