@@ -216,7 +216,10 @@ def test_report_renders_in_chromium(report, tmp_path):
     script = ("<script>window.addEventListener('load',()=>{document.body.dataset.broken="
               "[...document.images].filter(i=>!i.complete||i.naturalWidth===0).length;"
               "document.body.dataset.count=document.images.length;"
-              "document.body.dataset.wide=document.documentElement.scrollWidth>window.innerWidth+1;});"
+              "document.body.dataset.wide=document.documentElement.scrollWidth>window.innerWidth+1;"
+              "let d=document.getElementById('ablation-table');"
+              "while(d&&!(d.classList&&d.classList.contains('scroll')))d=d.nextElementSibling;"
+              "document.body.dataset.tablewide=d.scrollWidth>d.clientWidth;});"
               "</script></body>")
     page.write_text(report["html"].read_text(encoding="utf-8").replace("</body>", script), encoding="utf-8")
     shot = tmp_path / "shot.png"
@@ -233,8 +236,9 @@ def test_report_renders_in_chromium(report, tmp_path):
     # the load handler ran and no image failed to decode (naturalWidth > 0 for every img)
     assert m is not None and int(m.group(1)) == 0
     assert int(re.search(r'data-count="(\d+)"', dom).group(1)) >= 8
-    # the tables fit the page: nothing widens it beyond the window (wide tables scroll inside)
-    assert 'data-wide="false"' in dom
+    # nothing widens the page beyond the window (wide analysis tables scroll inside it), and the ablation
+    # table fits without scrolling
+    assert 'data-wide="false"' in dom and 'data-tablewide="false"' in dom
 
 
 def test_explain_face_and_no_face(report, tmp_path, capsys, caplog):
@@ -316,3 +320,17 @@ def test_analyse_checkpoint_report(report, tmp_path, capsys):
         analysis_options("huge")
     # the command line offers exactly the profiles the report knows
     assert set(PROFILES) == set(ANALYSIS_PROFILES)
+
+
+def test_search_study_report(tmp_path):
+    out, dest = tmp_path / "run", tmp_path / "rep"
+    assert main(["run", "search_masks", "--tiny", "--out", str(out), "--no-progress", "--no-summary"]) == 0
+    rc = main(["report", "search_masks", "--tiny", "--out", str(out), "--report-dir", str(dest), "--fast",
+               "--n-images", "4", "--no-progress", "--no-mlflow"])
+    text = (dest / "index.html").read_text(encoding="utf-8")
+    # a search study has importances and the Pareto front instead of a baseline comparison, each trial being
+    # its own "variant"; its best trial is analysed
+    assert rc == 0 and "parameter importances" in text and "Pareto front / best trials" in text
+    for s in SECTIONS:
+        assert f">{s}</h2>" in text, s
+    assert json.loads((dest / "report.json").read_text())["analysed"]

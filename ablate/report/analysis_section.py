@@ -32,7 +32,9 @@ TITLES = {  # known tables first, in this order; any other table follows under i
     "stages": "per-stage mask statistics", "classes": "per-stage, per-class mask statistics",
     "interventions": "interventions", "agreement": "agreement (mask maps vs attributions)",
     "faithfulness": "faithfulness: deletion / insertion AUC", "localisation": "localisation (generated regions)",
-    "attribution": "attribution maps (summary)", "timing": "analysis timing",
+    "sanity": "sanity checks (cascading randomisation): maps that survive it are flagged",
+    "sanity_steps": "sanity checks per randomisation step", "attribution": "attribution maps (summary)",
+    "timing": "analysis timing",
 }
 
 CAPTIONS = {
@@ -41,6 +43,7 @@ CAPTIONS = {
     "captum_panel": "Captum attributions on the 48-px face", "mask_attr_panel": "attribution to each mask",
     "agreement": "mask vs attribution agreement (Spearman)", "interventions": "mask interventions",
     "faithfulness": "deletion / insertion curves", "localisation": "localisation against true regions",
+    "sanity": "sanity checks: Spearman with the trained model's maps after each randomisation step",
 }
 
 

@@ -78,9 +78,9 @@ def build_checkpoint_report(checkpoint: str | Path, data: str | Path, out: str |
         page.table(per_class_table(ev), floatfmt="{:.3f}")
         page.h(CHECKPOINT_SECTIONS[3])
         # evaluate() keeps the split's order, so row i of the evaluation is test.images[i]
-        fig, arr = misclassified_grid(test.images, ev.confusion, ev.labels, ev.predictions, classes)
-        if fig is not None:
-            page.figure(fig, arr, "misclassified", "misclassified images per confusion cell")
+        grid, arr = misclassified_grid(test.images, ev.confusion, ev.labels, ev.predictions, classes)
+        if grid is not None:
+            page.figure(grid, arr, "misclassified", "misclassified images per confusion cell")
         else:
             page.p("no misclassified images", "note")
         page.h(CHECKPOINT_SECTIONS[4])

@@ -46,9 +46,10 @@ def explain(checkpoint: str | Path, images: Sequence[str | Path], out: str | Pat
             methods: Sequence[str] = ("saliency", "ig", "gradcam", "mask_attr")) -> Path:
     """Writes ``<out>/index.html`` and ``<out>/probabilities.csv``; returns the page's path. Every image is
     read before any work, so a missing or undecodable file fails at once, naming it."""
-    from ablate.analysis import attribute, mask_stages, predict, probe
+    from ablate.analysis import attribute, mask_stages, probe
     from ablate.analysis.plots import captum_panel, mask_gallery
     from resmasknet import load_checkpoint
+    from resmasknet.evaluate import predict
 
     loaded = [(Path(p), read_image(p)) for p in images]
     model, _ = load_checkpoint(checkpoint)
@@ -56,7 +57,7 @@ def explain(checkpoint: str | Path, images: Sequence[str | Path], out: str | Pat
     detected = [detect_face(img) for _, img in loaded]
     faces = np.stack([f for f, _ in detected])
     notes = face_notes([p for p, _ in loaded], [b for _, b in detected])
-    pred0, _ = predict(model, faces)  # no true labels: the probe groups by the prediction
+    pred0 = predict(model, faces).argmax(dim=1).cpu().numpy()  # no true labels: the probe groups by the prediction
     pr = probe(model, faces, pred0, max_keep=len(faces), progress=progress)
     classes = list(pr.classes)
     probs = pd.DataFrame(pr.probs, columns=classes)

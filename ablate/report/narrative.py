@@ -55,6 +55,11 @@ def _stage_sentence(r: Any) -> list[str]:
 
 
 def _zero_sentence(z: Any) -> str | None:
+    computed = getattr(z, "computed", True)
+    if computed is not None and not pd.isna(computed) and not bool(computed):  # not run: zero by construction
+        note = getattr(z, "note", None)
+        return "Removing it (zero mask) cannot change the output" + (f" ({note})." if isinstance(note, str) and note
+                                                                      else ".")
     base, acc, delta, flips = (_num(z, k) for k in ("base_accuracy", "accuracy", "delta_accuracy", "flip_rate"))
     if base is None or acc is None or delta is None:
         return None

@@ -31,8 +31,8 @@ max-width:1200px;color:#222;line-height:1.45;padding:0 1em}
 h1{border-bottom:2px solid #444}h2{border-bottom:1px solid #ccc;margin-top:2em}
 .scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:.85em;margin:.6em 0}
-th,td{border:1px solid #ccc;padding:3px 7px;text-align:right;white-space:nowrap}
-th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}
+th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}
+td{white-space:nowrap}th{background:#f0f0f0;vertical-align:bottom}td:first-child,th:first-child{text-align:left}
 img{max-width:100%;height:auto;display:block;margin:.5em 0}figure{margin:1em 0}figcaption{font-size:.85em;color:#555}
 code{background:#f4f4f4;padding:0 3px}.note{color:#666;font-size:.9em}.warn{color:#a40}
 """

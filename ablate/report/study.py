@@ -103,6 +103,7 @@ def split_rows(split: Any, ev: EvalResult) -> np.ndarray | None:
 def _trials_display(frame: pd.DataFrame) -> pd.DataFrame:
     cols = [c for c in ("trial", "variant", "seed", "status", "val_acc", "test_acc", "test_acc_tta", "params",
                         "macs", "epochs_run") if c in frame]
+    cols += [c for c in frame.columns if "." in str(c)]  # a search study's sampled parameters
     out = frame[cols].copy()
     for c in cols:
         if c.endswith("_acc") or c.endswith("_tta"):
@@ -121,6 +122,15 @@ def _best_per_variant(records: list[TrialRecord]) -> dict[str, TrialRecord]:
         if cur is None or key > (cur.metrics.get("val_acc", float("-inf")), cur.metrics.get("test_acc", float("-inf"))):
             best[r.variant] = r
     return best
+
+
+def _search_leaders(records: list[TrialRecord], pareto: pd.DataFrame | None, metric: str, k: int = 4) -> list[str]:
+    """A search study's trials to show per "variant" (each trial is one): the Pareto front / best trials,
+    else the top ``k`` by ``metric``, at most ``k``."""
+    if pareto is not None and not pareto.empty and "variant" in pareto:
+        return [str(v) for v in pareto["variant"]][:k]
+    ranked = sorted(records, key=lambda r: -r.metrics.get(metric, float("-inf")))
+    return [r.variant for r in ranked[:k]]
 
 
 def _has_masks(record: TrialRecord) -> bool:
@@ -181,7 +191,7 @@ def build_report(session: Session, out: str | Path | None = None, *, n_images: i
         raise ValueError(f"study {study.name}: no complete trials in {session.paths.root}; run it first")
     evs = evaluations(records)
     trials: pd.DataFrame = result["trials"]
-    variants = [v.name for v in study.variants] or list(dict.fromkeys(r.variant for r in records))
+    variants = [v.name for v in study.variants] or _search_leaders(records, result.get("pareto"), metric)
     variants = [v for v in variants if any(r.variant == v for r in records)]
     by_variant = {v: [evs[r.trial] for r in records if r.variant == v] for v in variants}
     best = _best_per_variant(records)
@@ -198,7 +208,8 @@ def build_report(session: Session, out: str | Path | None = None, *, n_images: i
         page.h(SECTIONS[0])
         page.ul([f"study file: {study.path}", f"description: {study.description or '-'}",
                  f"design: {study.mode}, model {study.model}, baseline {study.baseline}",
-                 f"variants: {', '.join(variants)}; seeds: {', '.join(map(str, study.seeds))}",
+                 f"{'variants' if study.mode == 'grid' else 'trials in detail'}: {', '.join(variants)}; "
+                 f"seeds: {', '.join(map(str, study.seeds))}",
                  f"complete trials: {len(records)}" + (f" (cells: {len(study.cells)})" if study.mode == "grid" else ""),
                  f"trial records: {trial_set.describe()}",
                  f"data: {study.data}",
@@ -235,10 +246,11 @@ def build_report(session: Session, out: str | Path | None = None, *, n_images: i
             if rows is None:
                 page.p("the test split does not match the stored evaluation; thumbnails skipped", "warn")
             else:
-                fig, arr = misclassified_grid(test.images[rows], ev.confusion, ev.labels, ev.predictions, classes)
-                if fig is not None:
+                grid, arr = misclassified_grid(test.images[rows], ev.confusion, ev.labels, ev.predictions,
+                                               classes)
+                if grid is not None:
                     arr["index"] = np.where(arr["index"] >= 0, rows[np.maximum(arr["index"], 0)], -1)
-                    page.figure(fig, arr, "misclassified", f"{main} (seed {best[main].seed}): misclassified "
+                    page.figure(grid, arr, "misclassified", f"{main} (seed {best[main].seed}): misclassified "
                                 "test images per confusion cell (index: rows of the test split)")
         # 7 mask analysis: the main variant and the baseline, each checkpoint loaded once
         page.h(SECTIONS[6])

@@ -104,13 +104,19 @@ def test_narrative_reads_the_numbers_and_flags_unapplied_masks():
     stages = pd.DataFrame([stage_row(), stage_row(stage=2, mask="mask2", application="unapplied", applied=False,
                                                  rel_change=0.0, rel_change_if_applied=0.07)])
     iv = pd.DataFrame([{"stage": 1, "kind": "zero", "n": 50, "accuracy": 0.6, "base_accuracy": 0.7,
-                        "delta_accuracy": -0.1, "flip_rate": 0.2, "broken": 8, "fixed": 3, "mcnemar_p": 0.2}])
+                        "delta_accuracy": -0.1, "flip_rate": 0.2, "broken": 8, "fixed": 3, "mcnemar_p": 0.2,
+                        "computed": True, "note": ""},
+                       {"stage": 2, "kind": "zero", "n": 50, "accuracy": 0.7, "base_accuracy": 0.7,
+                        "delta_accuracy": 0.0, "flip_rate": 0.0, "broken": 0, "fixed": 0, "mcnemar_p": 1.0,
+                        "computed": False, "note": "zero by construction; not run"}])
     s1, s2 = mask_sentences({"stages": stages, "interventions": iv})
     # numbers from the tables, in the sentence
     assert "0.0100 nats" in s1 and "5.00%" in s1 and "from 70.0% to 60.0% (-10.0 points)" in s1
     assert "8 faces go from right to wrong" in s1
     # the unapplied control says so, with what it would do if applied
     assert "NOT applied" in s2 and "never reaches the features" in s2 and "7.00%" in s2
+    # an intervention the analysis did not run (zero by construction) is said to be so, not quoted as measured
+    assert "Removing it (zero mask) cannot change the output (zero by construction; not run)." in s2
     # a table without some columns leaves the numbers out instead of printing nan
     (s,) = mask_sentences({"stages": stages.drop(columns=["kl_mean", "gain_max", "rel_change"]).head(1)})
     assert "nan" not in s and "Stage 1" in s
