@@ -20,6 +20,11 @@ with its last reason, by `status()` and `ablate run` (which then exits non-zero)
 
 Workers started by `spawn_workers` die with their parent (`die_with_parent`), and a worker killed by a signal
 is reported by name. Library code logs (logger `ablate.runner`); only the CLI prints.
+
+Why one module of about 600 lines: the worker loop, stale-trial maintenance, the failure policy and the
+local worker processes share one protocol over the storage (which trial states and attributes mean what);
+storage itself lives in `ablate.storage`, one trial's run and record in `ablate.trial`. Splitting the
+protocol across files would hide its invariants; the worker-process half is the next candidate to move out.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ablate.analysis import plots
 from ablate.analysis.attribution import DEFAULT_METHODS, UNAPPLIED_NOTE, attribute
 from ablate.analysis.common import channels_last, model_device
 from ablate.analysis.faithfulness import deletion_insertion
@@ -32,18 +33,6 @@ from ablate.analysis.interventions import DEFAULT_INTERVENTIONS, InterventionAcc
 from ablate.analysis.localisation import data_prior, map_agreement
 from ablate.analysis.localisation import localisation as localisation_table
 from ablate.analysis.masks import ATTENDED, mask_stages
-from ablate.analysis.plots import (
-    agreement_plot,
-    captum_panel,
-    class_mean_grid,
-    faithfulness_plot,
-    intervention_plot,
-    localisation_plot,
-    mask_gallery,
-    sanity_plot,
-    save_figure,
-    stage_summary_plot,
-)
 from ablate.analysis.probe import ProbeAccumulator
 from ablate.analysis.sanity import SANITY_THRESHOLD, sanity_checks
 from resmasknet.model import ResMaskNet
@@ -93,7 +82,7 @@ class AnalysisResult:
         if figures:
             for name, make in self.figures.items():
                 fig, arrays = make()
-                save_figure(fig, arrays, folder / "figures", name, dpi=dpi)
+                plots.save_figure(fig, arrays, folder / "figures", name, dpi=dpi)
         return folder
 
 
@@ -299,27 +288,27 @@ def analyse(
 
     figures: dict[str, FigureFn] = {}
     for st in pr.stages:
-        figures[f"mask_gallery_{st.name}"] = functools.partial(mask_gallery, pr, images, st.stage)
+        figures[f"mask_gallery_{st.name}"] = functools.partial(plots.mask_gallery, pr, images, st.stage)
     if pr.stages:
-        figures["class_means"] = lambda: class_mean_grid(pr)
-        figures["class_diffs"] = lambda: class_mean_grid(pr, diff=True)
-        figures["class_gain"] = lambda: class_mean_grid(pr, map_name="gain")
-        figures["stage_summary"] = lambda: stage_summary_plot(pr)
+        figures["class_means"] = lambda: plots.class_mean_grid(pr)
+        figures["class_diffs"] = lambda: plots.class_mean_grid(pr, diff=True)
+        figures["class_gain"] = lambda: plots.class_mean_grid(pr, map_name="gain")
+        figures["stage_summary"] = lambda: plots.stage_summary_plot(pr)
     if any(not k.startswith("mask_attr/") for k in attrs.maps):
-        figures["captum_panel"] = lambda: captum_panel(images, attrs)
+        figures["plots.captum_panel"] = lambda: plots.captum_panel(images, attrs)
     if any(k.startswith("mask_attr/") for k in attrs.maps):
-        figures["mask_attr_panel"] = lambda: captum_panel(
+        figures["mask_attr_panel"] = lambda: plots.captum_panel(
             images, attrs, keys=[k for k in attrs.maps if k.startswith("mask_attr/")])
     if "agreement" in tables and not tables["agreement"].empty:
-        figures["agreement"] = lambda: agreement_plot(tables["agreement"])
+        figures["agreement"] = lambda: plots.agreement_plot(tables["agreement"])
     if "interventions" in tables and not tables["interventions"].empty:
-        figures["interventions"] = lambda: intervention_plot(tables["interventions"])
+        figures["interventions"] = lambda: plots.intervention_plot(tables["interventions"])
     if "faithfulness" in parts:
-        figures["faithfulness"] = lambda: faithfulness_plot(parts["faithfulness"])
+        figures["faithfulness"] = lambda: plots.faithfulness_plot(parts["faithfulness"])
     if "localisation" in tables:
-        figures["localisation"] = lambda: localisation_plot(tables["localisation"])
+        figures["localisation"] = lambda: plots.localisation_plot(tables["localisation"])
     if "sanity_steps" in tables and not tables["sanity_steps"].empty:
-        figures["sanity"] = lambda: sanity_plot(tables["sanity_steps"], threshold=SANITY_THRESHOLD)
+        figures["sanity"] = lambda: plots.sanity_plot(tables["sanity_steps"], threshold=SANITY_THRESHOLD)
 
     cfg = getattr(model, "config", None)
     unapplied = [st.name for st in pr.stages if not st.applied]
