@@ -103,7 +103,8 @@ def decide(d: ArrayLike, p_adjusted: float, *, rope: float, alpha: float = 0.05,
                          f"(TOST, {n} seeds)")
     more = f"; about {needed} seeds would detect a {margin} difference with 80% power" if needed else ""
     if verdict is Verdict.INCONCLUSIVE:
-        return verdict, f"seeds disagree ({up} up, {down} down): {ci}, {holm}{more}"
+        tie = f", {n - up - down} tie" if n - up - down else ""
+        return verdict, f"seeds disagree ({up} up, {down} down{tie}): {ci}, {holm}{more}"
     ties = n - up - down
     way = f"{up or down} of {n} seeds point {'up' if up else 'down'}" + (f", {ties} tie" if ties else "") + \
         (", none the other way" if up or down else "")
