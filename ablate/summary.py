@@ -44,7 +44,7 @@ def summarize(session: Session, metric: str = "test_acc", *, test: str = "t") ->
             notes += [f"no per-image predictions for {p}" for p in problems]
             if not preds:
                 preds = y_true = None
-        rope = float(getattr(study, "rope", 0.5)) / 100.0
+        rope = float(study.rope) / 100.0  # the study file gives points; the metric is a fraction
         higher = next((o.direction == "maximize" for o in study.objectives if o.metric == metric), True)
         table = stats.compare_to_baseline(frame, preds, y_true, baseline=study.baseline, metric=metric,
                                           rope=rope, higher_is_better=higher, test=test, notes=notes)

@@ -234,7 +234,7 @@ def run_trial(session: Session, ostudy: optuna.Study, trial: optuna.Trial, track
     # common random numbers (the default): one seed gives every variant the same data order, augmentation
     # draws and initial weights for each module they share. Without them (to measure what they buy), each
     # variant draws its own from (seed, variant).
-    run_seed = seed if getattr(study, "crn", True) else module_seed(seed, f"variant:{vname}") % 2**31
+    run_seed = seed if study.crn else module_seed(seed, f"variant:{vname}") % 2**31
     tcfg = TrainConfig(**{**study.train, **train_ov, "seed": run_seed})
     trial_dir = session.paths.trial_dir(trial.number)
     params = {**{f"model.{k}": v for k, v in cfg.flat().items()},

@@ -35,6 +35,24 @@ def tiny_grid_study(name: str) -> dict:
         "seeds": [0, 1],
     }
 
+def wait_for_running_trial(session, timeout: float = 120) -> None:
+    """Block until some trial of the study is RUNNING with its MLflow run started (for kill tests)."""
+    import time
+
+    from ablate.runner import load_optuna_study
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            trials = load_optuna_study(session).get_trials()
+        except Exception:  # the storage is not created yet
+            trials = []
+        if any(t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs for t in trials):
+            return
+        time.sleep(0.3)
+    raise AssertionError("no trial started")
+
+
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

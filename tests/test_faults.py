@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from conftest import tiny_grid_study
+from conftest import tiny_grid_study, wait_for_running_trial
 
 from ablate import faults
 from ablate.cli import main
@@ -475,16 +475,7 @@ def test_sigterm_marks_trial_and_parent_run_killed(tmp_path, tracking):
                              tracking, "--no-progress", "--no-summary"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 120
-        while True:
-            assert time.time() < deadline, "no trial started"
-            try:
-                trials = load_optuna_study(s).get_trials()
-            except Exception:
-                trials = []
-            if any(t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs for t in trials):
-                break
-            time.sleep(0.3)
+        wait_for_running_trial(s)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:

@@ -7,13 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_grid_study
+from conftest import tiny_grid_study, wait_for_running_trial
 
 from ablate.cli import main
 from ablate.runner import Paths, Session, load_optuna_study, status
@@ -85,19 +84,6 @@ def test_two_workers_at_once_no_duplicates(tmp_path):
     check_counts(session(study, out))
 
 
-def _wait_for_running(s: Session, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            trials = load_optuna_study(s).get_trials()
-        except Exception:
-            trials = []
-        if any(t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs for t in trials):
-            return
-        time.sleep(0.3)
-    raise AssertionError("no trial started")
-
-
 def test_sigkill_mid_trial_then_rerun_completes_exactly(tmp_path):
     study = write_study(tmp_path)
     out = tmp_path / "out"
@@ -105,7 +91,7 @@ def test_sigkill_mid_trial_then_rerun_completes_exactly(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "ablate", "run", str(study), "--out", str(out),
                              "--no-progress", "--no-summary"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_for_running(s)
+        wait_for_running_trial(s)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:

@@ -1,7 +1,7 @@
 """`ablate evaluate CHECKPOINT --data PATH`: accuracy, per-class table and confusion matrix of a checkpoint
 on one split; `--out DIR` saves metrics.json and per-image predictions.csv / predictions.npz.
 
-    ablate evaluate runs/x/best.pt --data /tmp/fer/fer2013.csv --split test --tta authors --out runs/x/test_tta
+    ablate evaluate runs/x/best.pt --data data/fer2013.csv --split test --tta authors --out runs/x/test_tta
 """
 
 from __future__ import annotations

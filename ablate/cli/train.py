@@ -2,7 +2,7 @@
 the best checkpoint is evaluated on the test split (and with TTA when asked).
 
     ablate train --model resmasknet_cpu --data generated --out runs/x --epochs 5 --set mask2.enabled=false
-    ablate train --model resnet_cpu --data /tmp/fer/fer2013.csv --out /tmp/fer_run --minutes 60 --no-progress
+    ablate train --model resnet_cpu --data data/fer2013.csv --out runs/fer_1h --minutes 60 --no-progress
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ Example:
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -144,14 +146,14 @@ def _cnn_check(tr: FaceData, va: FaceData, te: FaceData, *, epochs: int, seed: i
 
 def main(argv: list[str] | None = None) -> int:
     """Command line `[n] [examples.png]`: run the full check on n faces (default 6000), print the numbers,
-    save a grid of example faces (default /tmp/generated_examples.png)."""
+    save a grid of example faces (default generated_examples.png in the system's temporary folder)."""
     import sys
 
     args = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     result = baseline_check(int(args[0]) if args else 6000)
     print({k: round(v, 4) for k, v in result.items()})
-    path = args[1] if len(args) > 1 else "/tmp/generated_examples.png"
+    path = args[1] if len(args) > 1 else str(Path(tempfile.gettempdir()) / "generated_examples.png")
     save_examples(generate_faces(n=70), path)
     print(f"example faces: {path}")
     return 0
