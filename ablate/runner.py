@@ -257,7 +257,7 @@ def maintain(session: Session, ostudy: optuna.Study, tracker: Tracker | None = N
                         tracker.finish(run_id, "KILLED")
         if session.study.mode == "grid":
             cells = cell_states(ostudy.get_trials(deepcopy=False), int(ostudy.user_attrs.get("retry_from", 0)))
-            for i, _cell in enumerate(session.study.cells):
+            for i in seed_major(session.study):
                 if i not in cells.busy and cells.attempts.get(i, 0) < MAX_ATTEMPTS:
                     ostudy.enqueue_trial({"cell": i}, skip_if_exists=False)
                     enqueued += 1
@@ -546,6 +546,13 @@ def wait_workers(procs: list[subprocess.Popen]) -> int:
             log.error("%s", line)
         worst = max(worst, exit_code(rc))
     return worst
+
+
+def seed_major(study: Study) -> list[int]:
+    """Cell indices in the order to run them: every variant of the first seed, then of the next, so that a
+    study stopped part-way holds whole paired seeds (indices keep their meaning: `Study.cells` order)."""
+    seeds = {s: k for k, s in enumerate(study.seeds)}
+    return sorted(range(len(study.cells)), key=lambda i: (seeds[study.cells[i][1]], i))
 
 
 def worker_env(threads: int, parent_pid: int | None = None) -> dict[str, str]:

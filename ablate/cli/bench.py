@@ -4,6 +4,8 @@
     ablate bench --model resnet_cpu resmasknet_cpu --batch-size 32 --json bench.json
     ablate bench --all --device cuda
     ablate bench --contended --model resmasknet_cpu --threads 2     # idle vs one busy core, and the ratio
+    ablate bench --study fer_per_stage --device cuda                 # the study's projected cost (ablate.cost)
+    ablate bench --study paper_scale --data-sizes 28709,3589,3589 --epochs 50
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(shows what OMP_WAIT_POLICY=PASSIVE, set by `ablate`, buys on a shared machine)")
     p.add_argument("--busy-core", type=int, metavar="N",
                    help="with --contended: the core the busy process is pinned to (default: the last one)")
+    p.add_argument("--study", metavar="STUDY",
+                   help="project a grid study's cost here instead: time each of its networks once, then "
+                        "epochs x splits / throughput per cell")
+    p.add_argument("--data-sizes", metavar="TRAIN,VAL,TEST",
+                   help="with --study: split sizes instead of loading the study's data (FER2013: 28709,3589,3589)")
+    p.add_argument("--epochs", type=int, help="with --study: project this many epochs instead of the study's")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     p.set_defaults(func=run)
 
@@ -49,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)
+    if args.study:
+        return _study_cost(args, dev)
     overrides = _parse_sets(args.set)
     if args.all:
         names = list_models()
@@ -84,7 +94,38 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_json(path: str | None, rows: list) -> None:
+def _study_cost(args: argparse.Namespace, dev: object) -> int:
+    import dataclasses
+
+    from ablate.cost import project_study, split_sizes
+    from ablate.study import load_study
+
+    study = load_study(args.study)
+    if args.data_sizes:
+        try:
+            sizes = tuple(int(x) for x in args.data_sizes.split(","))
+            if len(sizes) != 3 or min(sizes) < 1:
+                raise ValueError
+        except ValueError:
+            print(f"ablate bench: --data-sizes {args.data_sizes!r} must be three positive integers "
+                  f"TRAIN,VAL,TEST (e.g. 28709,3589,3589)", file=sys.stderr)
+            return 2
+    else:
+        sizes = split_sizes(study)
+
+    def show(variant: str, row: dict) -> None:
+        print(f"  {variant}: train {row['train_img_s']:.1f} img/s, eval {row['eval_img_s']:.1f} img/s",
+              file=sys.stderr, flush=True)
+
+    cost = project_study(study, sizes, device=str(dev), epochs=args.epochs, progress=show, steps=args.steps,
+                         warmup=args.warmup, seconds=args.seconds, rounds=args.rounds)
+    print(cost.format())
+    _write_json(args.json, {"study": cost.study, "device": cost.device, "sizes": cost.sizes,
+                            "total_s": cost.total_s, "rows": [dataclasses.asdict(r) for r in cost.rows]})
+    return 0
+
+
+def _write_json(path: str | None, rows: object) -> None:
     if path:
         from resmasknet.runtime import atomic_write_json
 

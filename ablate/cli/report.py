@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="analysis profile (see `ablate report --help`; default standard)")
     p.add_argument("--skip-bad-rows", action="store_true", help="drop malformed rows instead of stopping")
     p.add_argument("--out", help="output folder (default reports/analyse/<checkpoint folder name>)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_analyse)
     p = sub.add_parser("explain", help="classify single images (face detection) and show masks + attributions")
@@ -68,13 +69,13 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     path = build_checkpoint_report(ckpt, args.data, out, split=args.split, n_images=args.n_images,
                                    analysis=args.analysis, skip_bad_rows=args.skip_bad_rows,
-                                   progress=not args.no_progress)
+                                   progress=not args.no_progress, device=args.device)
     info = json.loads((path.parent / "report.json").read_text())
     interventions = path.parent / "analysis" / "model" / "tables" / "interventions.csv"
     if interventions.exists():
         print(pd.read_csv(interventions).to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     secs = ", ".join(f"{k} {v:.0f} s" for k, v in info["analysis_seconds"].items())
-    print(f"analysis of {info['n_images']} images: {secs}")
+    print(f"analysis of {info['n_images']} images on {info['device']}: {secs}")
     print(f"report: {path}  ({time.perf_counter() - t:.0f} s)")
     return 0
 

@@ -45,8 +45,9 @@ def per_class_table(ev: EvalResult) -> pd.DataFrame:
 
 def build_checkpoint_report(checkpoint: str | Path, data: str | Path, out: str | Path, *, split: str = "test",
                             n_images: int = 500, analysis: str = "standard", skip_bad_rows: bool = False,
-                            progress: bool = True) -> Path:
-    """Writes ``<out>/index.html``, ``report.json`` and the analysis tables and arrays; returns the page."""
+                            progress: bool = True, device: str | None = None) -> Path:
+    """Writes ``<out>/index.html``, ``report.json`` and the analysis tables and arrays; returns the page.
+    device: where evaluation and analysis run (default: CUDA when available)."""
     from resmasknet import load_checkpoint
     from resmasknet.data import load_data
     from resmasknet.evaluate import evaluate
@@ -63,7 +64,7 @@ def build_checkpoint_report(checkpoint: str | Path, data: str | Path, out: str |
         page = Page(f"Mask analysis: {Path(checkpoint).name} on {split}", tmp)
         page.p(f"generated {time.strftime('%Y-%m-%d %H:%M:%S')}", "note")
         page.h(CHECKPOINT_SECTIONS[0])
-        ev = evaluate(model, test, progress=progress)
+        ev = evaluate(model, test, progress=progress, device=device)  # moves the model there
         classes = list(ev.classes)
         meta = ckpt.get("metadata", {})
         page.ul([f"checkpoint: {Path(checkpoint).resolve()}",
@@ -93,6 +94,7 @@ def build_checkpoint_report(checkpoint: str | Path, data: str | Path, out: str |
         page.write()
         (tmp / "report.json").write_text(json.dumps(
             {"checkpoint": str(checkpoint), "data": str(data), "split": split, "n_images": res.meta["n_images"],
-             "analysis": analysis, "accuracy": ev.accuracy, "sections": list(CHECKPOINT_SECTIONS),
+             "analysis": analysis, "accuracy": ev.accuracy,
+             "device": str(next(model.parameters()).device), "sections": list(CHECKPOINT_SECTIONS),
              "analysis_seconds": res.meta["seconds"], "seconds": time.perf_counter() - t0}, indent=1))
     return dest / "index.html"

@@ -1,0 +1,115 @@
+"""What a study will cost on this machine, before it runs: every distinct network of its grid is timed once
+with `resmasknet.bench.bench_model` (training step at the study's batch size, evaluation), and each cell's
+time is projected from its recipe and the split sizes:
+
+    epochs x (train batches x batch / train img/s  +  val images / eval img/s)  +  test images / eval img/s
+    (x 11 test passes when the study scores the authors' 10-draw TTA too)
+
+Cells that differ only by seed share a measurement. The projection is for one worker on the device; several
+workers sharing a GPU that one leaves idle finish sooner (measure it: `ablate run --workers-per-gpu`).
+
+    ablate bench --study fer_per_stage --device cuda                     # loads ${FER2013} for the sizes
+    ablate bench --study paper_scale --device cuda --data-sizes 28709,3589,3589 --epochs 50
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ablate.study import Study
+
+__all__ = ["CellCost", "StudyCost", "project_study", "split_sizes"]
+
+
+@dataclass(frozen=True)
+class CellCost:
+    variant: str
+    seeds: int
+    epochs: int
+    train_img_s: float
+    eval_img_s: float
+    seconds_per_seed: float
+
+
+@dataclass(frozen=True)
+class StudyCost:
+    study: str
+    device: str
+    sizes: tuple[int, int, int]
+    rows: tuple[CellCost, ...]
+
+    @property
+    def total_s(self) -> float:
+        return sum(r.seconds_per_seed * r.seeds for r in self.rows)
+
+    def format(self) -> str:
+        head = ("variant", "seeds", "epochs", "train img/s", "eval img/s", "min/seed", "min (all seeds)")
+        cells = [head] + [(r.variant, str(r.seeds), str(r.epochs), f"{r.train_img_s:.1f}", f"{r.eval_img_s:.1f}",
+                           f"{r.seconds_per_seed / 60:.1f}", f"{r.seconds_per_seed * r.seeds / 60:.1f}")
+                          for r in self.rows]
+        widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
+        lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+                 for row in cells]
+        n_train, n_val, n_test = self.sizes
+        lines.append(f"\nstudy {self.study} on {self.device}: {len(self.rows)} variants, "
+                     f"{sum(r.seeds for r in self.rows)} cells, projected {self.total_s / 60:.1f} min "
+                     f"({self.total_s / 3600:.2f} h) for one worker; splits {n_train:,} / {n_val:,} / {n_test:,} "
+                     f"(train / val / test)")
+        return "\n".join(lines)
+
+
+def split_sizes(study: Study) -> tuple[int, int, int]:
+    """(train, val, test) sizes of the study's data, loaded once (a FER2013 csv takes seconds)."""
+    from resmasknet.data import load_data
+
+    data = load_data(study.resolved("data"))
+    return tuple(len(data.select(s)) for s in ("train", "val", "test"))  # type: ignore[return-value]
+
+
+def cell_seconds(train: Any, sizes: tuple[int, int, int], train_img_s: float, eval_img_s: float,
+                 tta: bool) -> float:
+    """Projected seconds of one trial with recipe `train` (a TrainConfig) on splits of `sizes`."""
+    n_train, n_val, n_test = sizes
+    if train.limit is not None:
+        n_train, n_val = min(n_train, train.limit), min(n_val, train.limit)
+    batches = math.ceil(n_train / train.batch_size)
+    if train.max_train_batches is not None:
+        batches = min(batches, train.max_train_batches)
+    if train.max_val_batches is not None:
+        n_val = min(n_val, train.max_val_batches * train.eval_batch_size)
+    per_epoch = batches * train.batch_size / train_img_s + n_val / eval_img_s
+    return train.epochs * per_epoch + n_test * (11 if tta else 1) / eval_img_s
+
+
+def project_study(study: Study, sizes: tuple[int, int, int], *, device: str | None = None,
+                  epochs: int | None = None, progress: Any = None, **bench_kwargs: Any) -> StudyCost:
+    """Time each distinct network of the grid once and project the study's cost (see the module doc).
+    `epochs` replaces the study's epoch count (e.g. the paper's 50 for a study that early-stops)."""
+    from resmasknet.bench import bench_model
+    from resmasknet.model import ResMaskNet
+    from resmasknet.recipe import TrainConfig
+    from resmasknet.runtime import resolve_device
+
+    if study.mode != "grid":
+        raise ValueError(f"{study.path}: only grid studies can be projected (a search's trials are not known "
+                         f"in advance); bench its base model with `ablate bench --model {study.model}`")
+    dev = resolve_device(device)
+    measured: dict[Any, dict[str, Any]] = {}
+    rows = []
+    for v in study.variants:
+        cfg = study.net_config(v.model)
+        tcfg = TrainConfig(**{**study.train, **v.train})
+        if epochs is not None:
+            tcfg = tcfg.replace(epochs=epochs)
+        key = (cfg, tcfg.batch_size)
+        if key not in measured:
+            measured[key] = bench_model(ResMaskNet(cfg, seed=0), batch_size=tcfg.batch_size, device=dev,
+                                        plain=False, cpu_bf16=tcfg.cpu_bf16, **bench_kwargs)
+            if progress is not None:
+                progress(v.name, measured[key])
+        m = measured[key]
+        rows.append(CellCost(v.name, len(study.seeds), tcfg.epochs, m["train_img_s"], m["eval_img_s"],
+                             cell_seconds(tcfg, sizes, m["train_img_s"], m["eval_img_s"], study.tta)))
+    return StudyCost(study.name, str(dev), sizes, tuple(rows))
