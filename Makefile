@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint bench clean
+.PHONY: demo test test-slow lint bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/ablate bench
+
+# on a machine with a GPU: device tests on CUDA, every preset benched, a 2-worker study, an analysis, costs
+gpu-check: $(STAMP)
+	$(BIN)/ablate doctor --device cuda --out runs/gpu-check
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

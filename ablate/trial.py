@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from resmasknet.runtime import atomic_write_json
+from resmasknet.runtime import atomic_write_json, describe_device
 
 if TYPE_CHECKING:
     import optuna
@@ -64,6 +64,7 @@ class TrialRecord:
     train: dict[str, Any]  # TrainConfig.to_dict()
     artifacts: dict[str, str] = field(default_factory=dict)  # name -> path relative to folder
     mlflow_run_id: str | None = None
+    device: str | None = None  # the hardware it trained on (`runtime.describe_device`); None in older records
     folder: Path | None = None
     source: str = "files"  # files | mlflow
 
@@ -80,7 +81,7 @@ class TrialRecord:
                              f"(format {d.get('format')!r}, expected {FORMAT!r})")
         fields = {k: d[k] for k in ("study", "trial", "variant", "seed", "status", "metrics", "config", "train",
                                     "artifacts", "mlflow_run_id")}
-        return cls(**fields, folder=folder, source=source)
+        return cls(**fields, device=d.get("device"), folder=folder, source=source)
 
     def path(self, artifact: str) -> Path:
         if self.folder is None or artifact not in self.artifacts:
@@ -277,7 +278,8 @@ def run_trial(session: Session, ostudy: optuna.Study, trial: optuna.Trial, track
         metrics["macs"] = float(count_macs(model))
         record = TrialRecord(study=study.name, trial=trial.number, variant=vname, seed=int(seed),
                              status="pruned" if pruned else result.status, metrics=metrics, config=cfg.to_dict(),
-                             train=tcfg.to_dict(), artifacts=artifacts, mlflow_run_id=run_id)
+                             train=tcfg.to_dict(), artifacts=artifacts, mlflow_run_id=run_id,
+                             device=describe_device(device))
         write_record(trial_dir, record)
         tracker.log_metrics(run_id, metrics)
         tracker.set_tags(run_id, {"status": record.status})

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["BF16_CPU_FLAGS", "StorageError", "atomic_dir", "atomic_write", "atomic_write_json", "atomic_write_text",
-           "configure_threads", "cpu_bf16_support", "cpu_flags", "cpu_has_bf16", "resolve_device", "storage_error"]
+           "configure_threads", "cpu_bf16_support", "cpu_flags", "cpu_has_bf16", "describe_device", "resolve_device",
+           "storage_error"]
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,35 @@ def cpu_flags(cpuinfo: str | os.PathLike | None = None) -> frozenset[str] | None
         if sep and key.strip().lower() in ("flags", "features"):
             flags.update(value.split())
     return frozenset(flags)
+
+
+def describe_device(device: Any = None) -> str:
+    """One line naming the hardware behind `device`: "cuda:0 (NVIDIA H200, 139.7 GiB)" or
+    "cpu (AMD EPYC family 25 model 1, 2 threads, AVX2)"; the line trial records and `ablate doctor` keep."""
+    import torch
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        props = torch.cuda.get_device_properties(dev)
+        return f"{dev} ({props.name}, {props.total_memory / 2**30:.1f} GiB)"
+    model = family = number = ""
+    with contextlib.suppress(OSError):
+        for line in Path(CPUINFO).read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name" and not model:
+                model = value.strip()
+            elif key == "cpu family" and not family:
+                family = value.strip()
+            elif key == "model" and not number:
+                number = value.strip()
+    name = model or "unknown CPU"
+    if family and number:
+        name += f" family {family} model {number}"
+    capability = ""
+    with contextlib.suppress(Exception):
+        capability = ", " + torch.backends.cpu.get_cpu_capability()
+    return f"{dev} ({name}, {torch.get_num_threads()} threads{capability})"
 
 
 def cpu_bf16_support(cpuinfo: str | os.PathLike | None = None) -> tuple[bool, str]:

@@ -56,6 +56,26 @@ def wait_for_running_trial(session, timeout: float = 120) -> None:
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+def _device_params() -> list:
+    """cpu and cuda, each marked `device` (`pytest -m device` runs the device tests alone); cuda skips without
+    CUDA. $ABLATE_TEST_DEVICE=cuda (what `ablate doctor --device cuda` sets) keeps only that device."""
+    only = os.environ.get("ABLATE_TEST_DEVICE")
+    names = [only] if only else ["cpu", "cuda"]
+    out = []
+    for name in names:
+        marks = [pytest.mark.device]
+        if name.startswith("cuda"):
+            marks.append(pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))
+        out.append(pytest.param(name, marks=marks, id=name))
+    return out
+
+
+@pytest.fixture(params=_device_params())
+def device(request) -> str:
+    """The device a test runs its device code on: every device test runs on the CPU and on CUDA."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def fer_dir() -> Path:
     if not (FER_DIR / "fer2013.npz").exists():
