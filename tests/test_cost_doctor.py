@@ -1,0 +1,142 @@
+"""A study's projected cost (`ablate.cost`, `ablate bench --study`), the grid's seed-by-seed run order, and
+`ablate doctor` (its table, its failures, its steps on the CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_grid_study
+
+from ablate.cli import main
+from ablate.cost import cell_seconds, project_study
+from ablate.study import load_study
+from resmasknet.recipe import TrainConfig
+
+
+def _study(tmp_path: Path, **changes) -> Path:
+    path = tmp_path / "cost.yaml"
+    path.write_text(yaml.safe_dump({**tiny_grid_study("cost"), **changes}))
+    return path
+
+
+def test_cell_seconds_is_the_hand_computation():
+    cfg = TrainConfig(epochs=2, batch_size=10, early_stop_patience=None)
+    # 100 train images = 10 batches of 10 at 20 img/s (5 s) + 50 val at 50 img/s (1 s), twice; 40 test at 50 img/s
+    assert cell_seconds(cfg, (100, 50, 40), 20.0, 50.0, tta=False) == pytest.approx(2 * (5 + 1) + 0.8)
+    # the authors' TTA scores the test split 10 more times
+    assert cell_seconds(cfg, (100, 50, 40), 20.0, 50.0, tta=True) == pytest.approx(2 * (5 + 1) + 8.8)
+    # max_train_batches caps the batches; limit caps train and val
+    assert cell_seconds(cfg.replace(max_train_batches=3), (100, 50, 40), 20.0, 50.0, tta=False) == pytest.approx(
+        2 * (1.5 + 1) + 0.8)
+    assert cell_seconds(cfg.replace(limit=30), (100, 50, 40), 20.0, 50.0, tta=False) == pytest.approx(
+        2 * (1.5 + 0.6) + 0.8)
+
+
+def test_projection_measures_each_network_once_and_sums_the_cells(tmp_path, monkeypatch):
+    import resmasknet.bench as bench
+
+    calls = []
+
+    def fake_bench(model, *, batch_size, **kw):
+        calls.append(model.config)
+        rate = 10.0 if model.config.masks[0].enabled else 40.0
+        return {"train_img_s": rate, "eval_img_s": 4 * rate}
+
+    monkeypatch.setattr(bench, "bench_model", fake_bench)
+    study = load_study(_study(tmp_path, seeds=[0, 1, 2]))
+    cost = project_study(study, (160, 40, 40), device="cpu")
+    assert len(calls) == 2  # two variants; their seeds share the measurement
+    rows = {r.variant: r for r in cost.rows}
+    on, off = rows["on"], rows["off"]
+    assert on.seeds == off.seeds == 3
+    # 3 batches of 16 (max_train_batches) per epoch, 1 epoch, 40 val + 40 test images, tta on by default
+    assert on.seconds_per_seed == pytest.approx(3 * 16 / 10 + 40 / 40 + 40 * 11 / 40)
+    assert off.seconds_per_seed == pytest.approx(3 * 16 / 40 + 40 / 160 + 40 * 11 / 160)
+    assert cost.total_s == pytest.approx(3 * (on.seconds_per_seed + off.seconds_per_seed))
+    assert "projected" in cost.format() and "6 cells" in cost.format()
+
+
+def test_bench_study_cli_and_its_errors(tmp_path, capsys):
+    path = _study(tmp_path)
+    rc = main(["bench", "--study", str(path), "--data-sizes", "64,16,16", "--steps", "1", "--warmup", "0",
+               "--seconds", "1", "--rounds", "1", "--device", "cpu", "--json", str(tmp_path / "cost.json")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "projected" in out and "4 cells" in out
+    saved = json.loads((tmp_path / "cost.json").read_text())
+    assert saved["sizes"] == [64, 16, 16] and len(saved["rows"]) == 2 and saved["total_s"] > 0
+    assert main(["bench", "--study", str(path), "--data-sizes", "64,16", "--device", "cpu"]) == 2
+    assert "three positive integers" in capsys.readouterr().err
+    search = tmp_path / "search.yaml"
+    search.write_text(yaml.safe_dump({"name": "s", "mode": "search", "base": {"model": "resmasknet_tiny",
+                                      "data": "generated:n=140"}, "seeds": [0],
+                                      "search": {"n_trials": 2, "space": {"train.lr": {"float": [0.001, 0.01]}}},
+                                      "objectives": [{"metric": "val_acc", "direction": "maximize"}]}))
+    assert main(["bench", "--study", str(search), "--data-sizes", "64,16,16", "--device", "cpu"]) == 2
+    assert "only grid studies" in capsys.readouterr().err
+
+
+def test_grid_cells_are_enqueued_seed_by_seed(tmp_path):
+    from ablate.runner import Paths, Session, load_optuna_study, seed_major
+
+    path = _study(tmp_path, variants={"a": {}, "b": {"masks.enabled": False}, "c": {"mask1.enabled": False}},
+                  baseline="a", seeds=[7, 3])
+    study = load_study(path)
+    # cells are variant-major (a7 a3 b7 b3 c7 c3); they run seed-major: every variant of seed 7 first
+    assert seed_major(study) == [0, 2, 4, 1, 3, 5]
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out), "--workers", "0"]) == 0
+    paths = Paths(out)
+    session = Session(study=study, storage_url=str(paths.journal), tracking_uri=paths.tracking_uri, paths=paths)
+    waiting = [t.system_attrs.get("fixed_params", {}).get("cell") for t in load_optuna_study(session).get_trials()]
+    assert waiting == [0, 2, 4, 1, 3, 5]
+
+
+def test_describe_device_names_the_cpu(tmp_path, monkeypatch):
+    import resmasknet.runtime as rt
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor : 0\nmodel name : Test CPU 9000\ncpu family : 25\nmodel : 1\nflags : fpu avx2\n")
+    monkeypatch.setattr(rt, "CPUINFO", info)
+    line = rt.describe_device("cpu")
+    assert line.startswith("cpu (Test CPU 9000 family 25 model 1, ") and " threads" in line
+
+
+def test_doctor_table_and_a_failing_step(tmp_path, monkeypatch, capsys):
+    import ablate.doctor as doctor
+
+    def broken(dev, out, **kw):
+        raise RuntimeError("no kernel image is available\nsecond line")
+
+    monkeypatch.setattr(doctor, "step_bench", broken)
+    rc = main(["doctor", "--device", "cpu", "--out", str(tmp_path), "--only", "device", "bench"])
+    assert rc == 1
+    captured = capsys.readouterr()
+    assert "failed step(s): bench" in captured.err
+    steps = json.loads((tmp_path / "doctor.json").read_text())
+    assert [(s["name"], s["status"]) for s in steps] == [("device", "pass"), ("bench", "fail")]
+    assert steps[1]["detail"] == "RuntimeError: no kernel image is available"
+    md = (tmp_path / "doctor.md").read_text()
+    assert md.startswith("| step | result | s | detail |") and "| bench | fail |" in md
+
+
+def test_doctor_bench_and_cost_on_cpu(tmp_path):
+    from ablate.doctor import run_doctor
+
+    steps = run_doctor("cpu", tmp_path, only=("bench",), bench_models=("resmasknet_tiny",))
+    (bench,) = steps
+    assert bench.status == "pass", bench.detail
+    modes = [r["mode"] for r in bench.data["rows"]]
+    assert modes[0] == "fp32" and "channels_last" in modes and "compile" not in modes
+    assert (tmp_path / "bench.txt").read_text().startswith("model")
+
+
+@pytest.mark.slow
+def test_doctor_on_cpu_end_to_end(tmp_path, capsys):
+    rc = main(["doctor", "--device", "cpu", "--out", str(tmp_path), "--only", "device", "study", "analysis"])
+    assert rc == 0, capsys.readouterr().err
+    steps = {s["name"]: s for s in json.loads((tmp_path / "doctor.json").read_text())}
+    assert steps["study"]["data"]["records"] == 6 and steps["analysis"]["data"]["device"] == "cpu"
