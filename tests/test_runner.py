@@ -62,6 +62,15 @@ def test_single_worker_run_then_rerun_is_a_no_op(tmp_path):
     # the summary reads the predictions and prints the table
     assert main(["summarize", str(study), "--out", str(out)]) == 0
     assert (out / "summary.csv").exists()
+    # against the other variant: the roles swap, and so does the sign of every difference
+    assert main(["summarize", str(study), "--out", str(out), "--baseline", "on"]) == 0
+    import pandas as pd
+
+    by_off = pd.read_csv(out / "summary.csv").set_index("variant")
+    by_on = pd.read_csv(out / "summary-vs-on.csv").set_index("variant")
+    assert by_on.loc["on", "verdict"] == "baseline" and by_off.loc["off", "verdict"] == "baseline"
+    assert by_on.loc["off", "mean_diff"] == pytest.approx(-by_off.loc["on", "mean_diff"])
+    assert main(["summarize", str(study), "--out", str(out), "--baseline", "nope"]) == 2
 
 
 def test_changed_study_file_is_refused(tmp_path):

@@ -61,6 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     fmt.add_argument("--latex", action="store_true", help="print the table as a LaTeX booktabs table (for a paper)")
     p.add_argument("--test", choices=("t", "sign-flip"), default="t",
                    help="the paired test over seeds: t (default) or the exact sign-flip permutation test")
+    p.add_argument("--baseline", metavar="VARIANT",
+                   help="compare against this variant instead of the study's baseline (the CSV is then "
+                        "summary-vs-VARIANT.csv)")
     p.set_defaults(func=cmd_summarize)
     p = _common(sub, "ui", "open the MLflow UI for a study's store (127.0.0.1)")
     p.add_argument("--host", default="127.0.0.1")
@@ -228,6 +231,14 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     from ablate.summary import format_summary, summarize
 
     session = session_from(args)
+    baseline = getattr(args, "baseline", None)
+    if baseline and baseline != session.study.baseline:
+        import dataclasses
+
+        session.study.variant(baseline)  # a KeyError naming the variants when there is none of that name
+        session = dataclasses.replace(session, study=dataclasses.replace(session.study, baseline=baseline))
+    else:
+        baseline = None
     result = summarize(session, metric=args.metric, test=getattr(args, "test", "t"))
     label = args.metric.replace("_", " ")
     if getattr(args, "markdown", False) and "table" in result:
@@ -237,7 +248,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
         print(stats.to_latex(result["table"], metric_label=label, caption=caption))
     else:
         print(format_summary(session.study.name, result, args.metric))
-    out = session.paths.root / "summary.csv"
+    out = session.paths.root / ("summary.csv" if baseline is None else f"summary-vs-{baseline}.csv")
     if "table" in result:
         from resmasknet.runtime import atomic_write
 
