@@ -64,7 +64,7 @@ def split_sizes(study: Study) -> tuple[int, int, int]:
     """(train, val, test) sizes of the study's data, loaded once (a FER2013 csv takes seconds)."""
     from resmasknet.data import load_data
 
-    data = load_data(study.resolved("data"))
+    data = load_data(study.resolved("data") or study.data)
     return tuple(len(data.select(s)) for s in ("train", "val", "test"))  # type: ignore[return-value]
 
 

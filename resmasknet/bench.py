@@ -119,7 +119,7 @@ def _use_bf16(dev: torch.device, cpu_bf16: bool) -> bool:
     return ok
 
 
-def _train_step(net: ResMaskNet, x: torch.Tensor, labels: torch.Tensor, *, amp: bool) -> Callable[[], None]:
+def _train_step(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, *, amp: bool) -> Callable[[], None]:
     """One AdamW training step on a fixed batch (the model is put in training mode)."""
     net.train()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)

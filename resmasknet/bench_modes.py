@@ -95,7 +95,7 @@ def _measure(net: Any, faces: torch.Tensor, labels: torch.Tensor, dev: torch.dev
     fmt = torch.channels_last if cl else torch.contiguous_format
     net.to(memory_format=fmt)
     x = net.prepare_input(faces).contiguous(memory_format=fmt)
-    run = torch.compile(net) if comp else net
+    run: Any = torch.compile(net) if comp else net
     out: dict[str, float] = {}
     n = x.shape[0]
 
