@@ -134,7 +134,7 @@ def format_modes(rows: Sequence[dict[str, Any]]) -> str:
                       f"{r['eval_img_s']:.1f}", f"{r.get('eval_x', float('nan')):.2f}",
                       f"{r['compile_s']:.0f}" if "compile_s" in r else "-"])
     widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
-    lines = ["  ".join(c.rjust(w) if 1 < i < 6 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
+    lines = ["  ".join(c.rjust(w) if 1 < i < 6 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
              for line in cells]
     if rows:
         r = rows[0]
