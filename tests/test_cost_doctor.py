@@ -123,11 +123,12 @@ def test_doctor_table_and_a_failing_step(tmp_path, monkeypatch, capsys):
     assert md.startswith("| step | result | s | detail |") and "| bench | fail |" in md
 
 
-def test_doctor_bench_and_cost_on_cpu(tmp_path):
-    from ablate.doctor import run_doctor
+def test_doctor_bench_step_on_cpu(tmp_path):
+    import torch
 
-    steps = run_doctor("cpu", tmp_path, only=("bench",), bench_models=("resmasknet_tiny",))
-    (bench,) = steps
+    from ablate.doctor import step_bench
+
+    bench = step_bench(torch.device("cpu"), tmp_path, models=("resmasknet_tiny",), seconds=0.5)
     assert bench.status == "pass", bench.detail
     modes = [r["mode"] for r in bench.data["rows"]]
     assert modes[0] == "fp32" and "channels_last" in modes and "compile" not in modes
