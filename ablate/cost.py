@@ -49,9 +49,9 @@ class StudyCost:
         cells = [head] + [(r.variant, str(r.seeds), str(r.epochs), f"{r.train_img_s:.1f}", f"{r.eval_img_s:.1f}",
                            f"{r.seconds_per_seed / 60:.1f}", f"{r.seconds_per_seed * r.seeds / 60:.1f}")
                           for r in self.rows]
-        widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
-        lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
-                 for row in cells]
+        from resmasknet.bench import text_table
+
+        lines = text_table(cells)
         n_train, n_val, n_test = self.sizes
         lines.append(f"\nstudy {self.study} on {self.device}: {len(self.rows)} variants, "
                      f"{sum(r.seeds for r in self.rows)} cells, projected {self.total_s / 60:.1f} min "

@@ -217,7 +217,6 @@ def format_steps(steps: list[Step], markdown: bool = False) -> str:
         lines = ["| step | result | s | detail |", "|---|---|---|---|"]
         lines += [f"| {a} | {b} | {c} | {d.replace('|', '/')} |" for a, b, c, d in rows]
         return "\n".join(lines)
-    head = ("step", "result", "s", "detail")
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
-    return "\n".join(f"{a.ljust(widths[0])}  {b.ljust(widths[1])}  {c.rjust(widths[2])}  {d}"
-                     for a, b, c, d in [head, *rows])
+    from resmasknet.bench import text_table
+
+    return "\n".join(text_table([("step", "result", "s", "detail"), *rows], left=(0, 1, 3)))

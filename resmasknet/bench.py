@@ -38,7 +38,8 @@ from resmasknet.augment import augment_batch
 from resmasknet.model import ResMaskNet, count_parameters
 from resmasknet.runtime import cpu_bf16_support, resolve_device
 
-__all__ = ["BusyProcess", "bench", "bench_contended", "bench_model", "busy_core", "format_contended", "format_table"]
+__all__ = ["BusyProcess", "bench", "bench_contended", "bench_model", "busy_core", "format_contended", "format_table",
+           "text_table"]
 
 log = logging.getLogger(__name__)
 
@@ -248,13 +249,18 @@ COLUMNS = (
 )
 
 
+def text_table(cells: Sequence[Sequence[str]], left: Sequence[int] = (0,)) -> list[str]:
+    """Lines of an aligned text table: columns in `left` left-aligned, the others right-aligned."""
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
+    return ["  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
+            for line in cells]
+
+
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """A text table: optimised and plain throughput side by side, speed-ups, data pipeline, peak memory."""
     cols = [(k, h, f) for k, h, f in COLUMNS if any(k in r for r in rows)]
     cells = [[h for _, h, _ in cols]] + [[f.format(r[k]) if k in r else "-" for k, _, f in cols] for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
-             for line in cells]
+    lines = text_table(cells)
     if rows:
         r = rows[0]
         mem = "CUDA max_memory_allocated" if r["device"].startswith("cuda") else "CPU resident-set growth"
@@ -387,9 +393,7 @@ def format_contended(rows: Sequence[dict[str, Any]]) -> str:
         r["model"], str(r["threads"]), r["omp_wait_policy"], f"{r['train_idle_img_s']:.1f}",
         f"{r['train_contended_img_s']:.1f}", f"{r['contended_ratio']:.2f}",
         "-" if r.get("busy_share") is None else f"{r['busy_share']:.2f}"] for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
-             for line in cells]
+    lines = text_table(cells)
     if rows:
         r = rows[0]
         lines.append(f"\ndevice {r['device']}, batch {r['batch_size']}, torch {r['torch']}. busy-core: another "

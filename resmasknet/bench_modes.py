@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from resmasknet.bench import _timed, _train_step
+from resmasknet.bench import _timed, _train_step, text_table
 from resmasknet.runtime import cpu_bf16_support, resolve_device
 
 __all__ = ["MODES", "bench_modes", "format_modes"]
@@ -133,9 +133,7 @@ def format_modes(rows: Sequence[dict[str, Any]]) -> str:
         cells.append([r["model"], r["mode"], f"{r['train_img_s']:.1f}", f"{r.get('train_x', float('nan')):.2f}",
                       f"{r['eval_img_s']:.1f}", f"{r.get('eval_x', float('nan')):.2f}",
                       f"{r['compile_s']:.0f}" if "compile_s" in r else "-"])
-    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
-    lines = ["  ".join(c.rjust(w) if 1 < i < 6 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
-             for line in cells]
+    lines = text_table(cells, left=(0, 1, 6))
     if rows:
         r = rows[0]
         lines.append(f"\ndevice {r['device']}, batch {r['batch_size']}, torch {torch.__version__}; "
