@@ -174,6 +174,8 @@ def test_tables_are_clean_and_agree() -> None:
         assert bad not in text
     # the mean of v is shown as a percentage with 2 decimals: (71 + 72 + 74) / 3 = 72.33
     assert shown.iloc[1, 2].startswith("72.33")
+    # the seeds' range is the lowest and highest cell of each variant
+    assert list(shown["seeds' range"]) == ["[70.00, 72.00]", "[71.00, 74.00]"]
     md, tex = stats.to_markdown(table), stats.to_latex(table)
     # Markdown and LaTeX carry the same cells
     assert "72.33" in md and "72.33" in tex and r"\toprule" in tex and r"test acc (\%)" in tex

@@ -33,13 +33,14 @@ from ablate.stats._validate import (
 from ablate.stats._verdict import Verdict, decide
 
 TESTS = ("t", "sign-flip")
-COLUMNS = ["variant", "n", "mean", "std", "ci_low", "ci_high", "n_pairs", "mean_diff", "sd_diff", "diff_ci_low",
-           "diff_ci_high", "p_value", "p_holm", "p_worse", "p_equivalent", "p_better", "verdict", "reason",
-           "seeds_needed", "mcnemar_p", "wins", "losses", "params", "macs"]
+COLUMNS = ["variant", "n", "mean", "std", "ci_low", "ci_high", "min", "max", "n_pairs", "mean_diff", "sd_diff",
+           "diff_ci_low", "diff_ci_high", "p_value", "p_holm", "p_worse", "p_equivalent", "p_better", "verdict",
+           "reason", "seeds_needed", "mcnemar_p", "wins", "losses", "params", "macs"]
 
 
 def variant_summary(results: pd.DataFrame, metric: str = "test_acc", *, confidence: float = 0.95) -> pd.DataFrame:
-    """Per variant (in order of appearance): n, mean, std (ddof=1) and the t-interval of the mean over seeds.
+    """Per variant (in order of appearance): n, mean, std (ddof=1), the t-interval of the mean over seeds,
+    and the lowest and highest seed (every cell of the variant lies in [min, max]).
     Rows with a non-finite metric are dropped with a StatsWarning naming them."""
     check_confidence(confidence)
     df = clean_results(results, metric)
@@ -48,8 +49,9 @@ def variant_summary(results: pd.DataFrame, metric: str = "test_acc", *, confiden
         x = df.loc[df["variant"] == v, metric].to_numpy(dtype=float)
         mean, sd = mean_sd(x)
         lo, hi = t_interval(x, confidence)
-        rows.append({"variant": v, "n": int(x.size), "mean": mean, "std": sd, "ci_low": lo, "ci_high": hi})
-    out = pd.DataFrame(rows, columns=["variant", "n", "mean", "std", "ci_low", "ci_high"])
+        rows.append({"variant": v, "n": int(x.size), "mean": mean, "std": sd, "ci_low": lo, "ci_high": hi,
+                     "min": float(x.min()) if x.size else math.nan, "max": float(x.max()) if x.size else math.nan})
+    out = pd.DataFrame(rows, columns=["variant", "n", "mean", "std", "ci_low", "ci_high", "min", "max"])
     out.attrs.update(metric=metric, confidence=confidence)
     return out
 
@@ -104,7 +106,7 @@ def compare_to_baseline(results: pd.DataFrame, predictions: Mapping[tuple[Any, A
     rows = []
     for _, srow in summary.iterrows():
         v = srow["variant"]
-        row: dict[str, Any] = {k: srow[k] for k in ("variant", "n", "mean", "std", "ci_low", "ci_high")}
+        row: dict[str, Any] = {k: srow[k] for k in ("variant", "n", "mean", "std", "ci_low", "ci_high", "min", "max")}
         if v == baseline:
             row.update(n_pairs=pd.NA, mean_diff=math.nan, sd_diff=math.nan, diff_ci_low=math.nan,
                        diff_ci_high=math.nan, p_value=math.nan, p_holm=math.nan, p_worse=math.nan,

@@ -79,6 +79,8 @@ def display_table(df: pd.DataFrame, metric_label: str | None = None, *, percent:
         f"{label}{unit}": [num(m) + ("" if _missing(s) else f" ± {num(s)}") for m, s in zip(df["mean"], df["std"])],
         f"{conf:.0%} CI": [interval(lo, hi) for lo, hi in zip(df["ci_low"], df["ci_high"])],
     }
+    if "min" in df.columns:  # every seed's cell lies in this range
+        cols["seeds' range"] = [interval(lo, hi) for lo, hi in zip(df["min"], df["max"])]
     if "mean_diff" in df.columns:
         cols[f"Δ vs {base}" + (" (pp)" if percent else "")] = [num(x, True) for x in df["mean_diff"]]
         cols[f"Δ {conf:.0%} CI"] = [interval(lo, hi, True) for lo, hi in zip(df["diff_ci_low"], df["diff_ci_high"])]
