@@ -38,6 +38,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"  report        {report_path}  (open it in a browser)")
     print("  MLflow UI     ablate ui quickstart   (http://127.0.0.1:5000)")
     print("  the table     ablate summarize quickstart --markdown")
-    print("  your data     FER2013=/path/to/fer2013.csv ablate run fer_per_stage_cpu --workers 2   (2 h on 2 cores)")
+    print("  your data     FER2013=/path/to/fer2013.csv ablate run fer_per_stage_cpu --workers 2  (1.5-3 h on 2 cores)")
     print("  on a GPU      FER2013=/path/to/fer2013.csv ablate run fer_per_stage --workers-per-gpu 4")
     return 0
