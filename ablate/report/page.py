@@ -29,7 +29,7 @@ CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;
 max-width:1200px;color:#222;line-height:1.45;padding:0 1em}
 h1{border-bottom:2px solid #444}h2{border-bottom:1px solid #ccc;margin-top:2em}
-.scroll{overflow-x:auto;max-width:100%}
+.scroll{overflow-x:auto;max-width:100%}.wrap td{white-space:normal}
 table{border-collapse:collapse;font-size:.85em;margin:.6em 0}
 th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}
 td{white-space:nowrap}th{background:#f0f0f0;vertical-align:bottom}td:first-child,th:first-child{text-align:left}
@@ -85,13 +85,17 @@ class Page:
         c = f' class="{cls}"' if cls else ""
         self.parts.append(f"<ul{c}>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
 
-    def table(self, df: pd.DataFrame | None, *, floatfmt: str = "{:.4g}", max_rows: int = 200) -> None:
-        """``df`` as a table of clean text cells; a note when it has no rows or was cut at ``max_rows``."""
+    def table(self, df: pd.DataFrame | None, *, floatfmt: str = "{:.4g}", max_rows: int = 200,
+              wrap: bool = False) -> None:
+        """``df`` as a table of clean text cells; a note when it has no rows or was cut at ``max_rows``.
+        ``wrap`` lets cells break at their spaces (an interval "[lo, hi]" over two lines) so that a wide
+        table fits the page instead of scrolling."""
         if df is None or df.empty:
             self.p("(no rows)", "note")
             return
         shown = clean_frame(df.head(max_rows), floatfmt)
-        self.parts.append('<div class="scroll">' + shown.to_html(index=False, border=0, escape=True) + "</div>")
+        cls = "scroll wrap" if wrap else "scroll"
+        self.parts.append(f'<div class="{cls}">' + shown.to_html(index=False, border=0, escape=True) + "</div>")
         if len(df) > max_rows:
             self.p(f"first {max_rows} of {len(df)} rows", "note")
 

@@ -151,7 +151,7 @@ def _ablation_section(page: Page, result: dict[str, Any], baseline: str | None, 
             page.h("Pareto front / best trials", 3)
             page.table(_trials_display(result["pareto"]))
         return
-    page.table(stats.display_table(table))
+    page.table(stats.display_table(table), wrap=True)
     extra = set(table.attrs.get("notes", [])) | set(notes)
     reasons = [r for r in stats.reasons(table) if r not in extra]
     if reasons:
