@@ -8,8 +8,8 @@ versions the test suite ran with).
 
     python tools/wheelhouse.py --have target-pip-list.txt --python-version 3.12 --dest wheelhouse
     # on the target, from a checkout of the project:
-    python3 -m pip install --no-index --no-deps --target /tmp/site wheelhouse/*.whl
-    PYTHONPATH=/tmp/site:. python3 -m ablate doctor --device cuda --out runs/gpu-check
+    python3 -m pip install --no-index --no-deps --target wheelhouse/site wheelhouse/*.whl
+    PYTHONPATH=wheelhouse/site:. python3 -m ablate doctor --device cuda --out runs/gpu-check
 
 `--have` takes the target's `pip list` or `pip freeze` output, or plain names, one per line or separated by
 commas and spaces. `--list` prints what would be fetched and downloads nothing.
