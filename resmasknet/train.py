@@ -54,7 +54,7 @@ from resmasknet.runtime import atomic_write_json, cpu_bf16_support, resolve_devi
 from resmasknet.train_state import RunState, fingerprint, restore, state_extra
 
 __all__ = ["CPU_RECIPE", "PAPER_RECIPE", "StopTraining", "TrainConfig", "TrainResult", "lr_factor", "recipe_for",
-           "train", "train_one_epoch", "use_bf16", "validate"]
+           "expected_epochs", "train", "train_one_epoch", "use_bf16", "validate"]
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def train_one_epoch(model: ResMaskNet, opt: torch.optim.Optimizer, images: Tenso
             seen += len(idx)
             bar.update(1)
             if progress and (dev.type == "cpu" or b % 25 == 0):
-                bar.set_postfix(loss=f"{float(loss):.3f}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
             if not cfg.budget_schedule and clock() > lr.budget_s:
                 raise _OutOfTime(f"max_minutes={cfg.max_minutes} reached during epoch {epoch} "
                                  f"(batch {b + 1}/{n_batches}); that epoch is discarded")
@@ -269,6 +269,26 @@ def _finished(state: RunState, cfg: TrainConfig) -> tuple[str, str] | None:
         return "early_stopped", (f"no better validation accuracy for {state.bad_epochs} epochs "
                                  f"(best {state.best_val_acc:.4f} at epoch {state.best_epoch})")
     return None
+
+
+def expected_epochs(cfg: TrainConfig, history: list[dict[str, Any]], elapsed_s: float) -> int | None:
+    """How many epochs the run will have in all, for the progress bar: `cfg.epochs` without a time budget; with
+    one, what the time left allows at the last epoch's pace (counting the epoch a budget schedule cuts short),
+    never more than `cfg.epochs`; None while a budgeted run has no epoch to go by."""
+    if cfg.max_minutes is None:
+        return cfg.epochs
+    if not history:
+        return None
+    last = history[-1]
+    per_epoch = max(1e-9, float(last.get("epoch_s", 0.0)))  # epoch_s includes the validation
+    left = max(0.0, cfg.max_minutes * 60 - elapsed_s)
+    more = left / per_epoch
+    if cfg.budget_schedule:  # the schedule ends mid-epoch when the budget does, keeping the validation time
+        left -= float(last.get("val_s", 0.0)) * 1.5 + 5.0
+        more = math.ceil(max(0.0, left) / per_epoch - 1e-9)
+    else:  # an epoch that would not fit is not started
+        more = math.floor(more + 1e-9)
+    return min(cfg.epochs, len(history) + int(more))
 
 
 # ---- the loop -------------------------------------------------------------------------------------------
@@ -393,7 +413,8 @@ def train(model: ResMaskNet, data: Any, cfg: TrainConfig | None = None, *, out_d
 
     from tqdm.auto import tqdm
 
-    epoch_bar = tqdm(total=cfg.epochs, initial=state.epoch, desc="epochs", unit="epoch", disable=not progress)
+    epoch_bar = tqdm(total=expected_epochs(cfg, history, clock()), initial=state.epoch, desc="epochs",
+                     unit="epoch", disable=not progress)
     status: tuple[str, str] | None = None
     try:
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
@@ -410,6 +431,7 @@ def train(model: ResMaskNet, data: Any, cfg: TrainConfig | None = None, *, out_d
             val_acc, val_loss = validate(model, val_images, val_split.labels, batch_size=cfg.eval_batch_size,
                                          max_batches=cfg.max_val_batches)
             metrics = run.record(epoch, stats, val_acc, val_loss, lr, t_epoch, t_val)
+            epoch_bar.total = expected_epochs(cfg, history, clock())  # a time budget: the estimate improves
             epoch_bar.update(1)
             epoch_bar.set_postfix(val_acc=f"{val_acc:.4f}", best=f"{state.best_val_acc:.4f}")
             if callback is not None:

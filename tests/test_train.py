@@ -13,7 +13,7 @@ from torch import nn
 from resmasknet import create_model
 from resmasknet.augment import augment_batch, predict_proba, random_affine
 from resmasknet.checkpoint import load_checkpoint, read_checkpoint
-from resmasknet.train import CPU_RECIPE, StopTraining, TrainConfig, recipe_for, train
+from resmasknet.train import CPU_RECIPE, StopTraining, TrainConfig, expected_epochs, recipe_for, train
 
 
 def tiny_data(n: int = 240, seed: int = 0):
@@ -275,6 +275,23 @@ def test_budget_schedule_anneals_within_the_budget(data, tmp_path):
     # budget_schedule without a budget is refused
     with pytest.raises(ValueError, match="budget_schedule"):
         TINY.replace(budget_schedule=True)
+
+
+def test_progress_bar_counts_the_epochs_a_time_budget_allows():
+    # the epochs bar's total: the recipe's epochs without a budget; with one, what the time left allows at the
+    # last epoch's pace (hand-computed below), so a 60-minute run does not show "1000 epochs, 80 hours left"
+    assert expected_epochs(TINY.replace(epochs=7), [], 0.0) == 7
+    budget = TINY.replace(epochs=1000, max_minutes=60, budget_schedule=True)
+    assert expected_epochs(budget, [], 0.0) is None  # nothing to go by yet
+    first = [{"epoch_s": 300.0, "val_s": 10.0}]
+    # 3600 s - 300 s used = 3300 s; the schedule keeps 1.5 * 10 + 5 = 20 s back: 3280 / 300 = 10.9 -> 11 more,
+    # the last one cut short
+    assert expected_epochs(budget, first, 300.0) == 12
+    # without budget_schedule an epoch that would not fit is not started: floor(3300 / 300) = 11 more
+    assert expected_epochs(budget.replace(budget_schedule=False), first, 300.0) == 12
+    assert expected_epochs(budget.replace(budget_schedule=False), first, 330.0) == 11  # 3270 / 300 = 10.9
+    assert expected_epochs(budget.replace(epochs=5), first, 300.0) == 5  # never more than the recipe's epochs
+    assert expected_epochs(budget, first * 12, 3600.0) == 12  # out of time: what has run
 
 
 def test_soft_labels_and_label_smoothing(data, tmp_path):
