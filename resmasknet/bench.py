@@ -10,7 +10,9 @@ then means "no more than an earlier phase").
 `bench_contended` measures training throughput on an idle machine and again while a separate busy process
 spins on one core, in the same run: PyTorch's OpenMP threads wait on each other at every parallel region,
 so one busy core can cost far more than its share unless they sleep while waiting (OMP_WAIT_POLICY=PASSIVE,
-see `runtime.configure_threads`).
+see `runtime.configure_threads`). It also measures one thread on the idle machine, what one free core gives:
+PyTorch splits each parallel region evenly between its threads, so a thread that shares its core with another
+process holds the region up, and a busy core leaves about that much.
 
 Example:
     >>> rows = bench(["resnet_cpu", "resmasknet_cpu"], batch_size=32)
@@ -339,9 +341,11 @@ def bench_contended(model: str | ResMaskNet, *, batch_size: int = 32, device: st
                     core: int | None = None) -> dict[str, Any]:
     """Training throughput idle and with one core kept busy by another process, measured in the same run.
 
-    Each round measures idle, then contended (a fresh busy process each time); the best of each counts.
+    Each round measures idle, then contended (a fresh busy process each time), then, with more than one
+    thread, one thread on the idle machine; the best of each counts.
     Keys: model, device, batch_size, threads, omp_wait_policy, train_idle_img_s, train_contended_img_s,
-    contended_ratio (contended / idle), busy_core, busy_cpu_s (CPU seconds the competitor got while training
+    contended_ratio (contended / idle), train_one_thread_img_s and one_thread_ratio (one thread idle, over idle;
+    None with one thread or on CUDA), busy_core, busy_cpu_s (CPU seconds the competitor got while training
     was measured), busy_share (busy_cpu_s over the contended wall time: about 1.0 when it really ran)."""
     from resmasknet.registry import create_model
 
@@ -360,11 +364,18 @@ def bench_contended(model: str | ResMaskNet, *, batch_size: int = 32, device: st
     amp = _use_bf16(dev, cpu_bf16)
     step = _train_step(net, x, labels, amp=amp)
     timing: dict[str, Any] = {"warmup": warmup, "steps": steps, "seconds": seconds}
-    idle = contended = 0.0
+    idle = contended = one_thread = 0.0
     busy_cpu, busy_wall, busy_core_used = 0.0, 0.0, -1
     cpu_known = True
+    threads = torch.get_num_threads()
     for _ in range(rounds):
         idle = max(idle, batch_size / _timed(step, dev, **timing))
+        if dev.type == "cpu" and threads > 1:
+            torch.set_num_threads(1)
+            try:
+                one_thread = max(one_thread, batch_size / _timed(step, dev, **timing))
+            finally:
+                torch.set_num_threads(threads)
         with busy_core(core) as busy:
             busy_core_used = busy.core
             c0, t0 = busy.cpu_seconds(), time.perf_counter()
@@ -380,6 +391,7 @@ def bench_contended(model: str | ResMaskNet, *, batch_size: int = 32, device: st
         "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
         "bf16": amp, "rounds": rounds,
         "train_idle_img_s": idle, "train_contended_img_s": contended, "contended_ratio": contended / idle,
+        "train_one_thread_img_s": one_thread or None, "one_thread_ratio": one_thread / idle if one_thread else None,
         "busy_core": busy_core_used, "busy_cpu_s": busy_cpu if cpu_known else None,
         "busy_share": busy_cpu / busy_wall if cpu_known and busy_wall > 0 else None,
         "torch": torch.__version__,
@@ -388,15 +400,22 @@ def bench_contended(model: str | ResMaskNet, *, batch_size: int = 32, device: st
 
 def format_contended(rows: Sequence[dict[str, Any]]) -> str:
     """A text table of `bench_contended` rows: idle and contended training img/s and their ratio."""
-    head = ("model", "threads", "OMP_WAIT_POLICY", "idle img/s", "busy-core img/s", "ratio", "busy share")
+    head = ("model", "threads", "OMP_WAIT_POLICY", "idle img/s", "busy-core img/s", "ratio", "1 thread img/s",
+            "1 thread / idle", "busy share")
+
+    def opt(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
     cells = [list(head)] + [[
         r["model"], str(r["threads"]), r["omp_wait_policy"], f"{r['train_idle_img_s']:.1f}",
-        f"{r['train_contended_img_s']:.1f}", f"{r['contended_ratio']:.2f}",
-        "-" if r.get("busy_share") is None else f"{r['busy_share']:.2f}"] for r in rows]
+        f"{r['train_contended_img_s']:.1f}", f"{r['contended_ratio']:.2f}", opt(r.get("train_one_thread_img_s"), ".1f"),
+        opt(r.get("one_thread_ratio"), ".2f"), opt(r.get("busy_share"), ".2f")] for r in rows]
     lines = text_table(cells)
     if rows:
         r = rows[0]
         lines.append(f"\ndevice {r['device']}, batch {r['batch_size']}, torch {r['torch']}. busy-core: another "
                      f"process spins on core {r['busy_core']} while training is measured; ratio = busy-core / "
-                     "idle; busy share: the share of one core it got meanwhile.")
+                     "idle; 1 thread: one thread on the idle machine, what one free core gives (a busy core "
+                     "leaves about that: each parallel region waits for the thread that shares its core); busy "
+                     "share: the share of one core the busy process got meanwhile.")
     return "\n".join(lines)

@@ -80,7 +80,24 @@ def test_bench_contended_reports_idle_busy_and_ratio():
     assert row["omp_wait_policy"] and row["threads"] >= 1
     # the table shows the model and the ratio
     text = format_contended([row])
-    assert "resmasknet_tiny" in text and "ratio" in text
+    assert "resmasknet_tiny" in text and "ratio" in text and "1 thread img/s" in text
+    # one thread on the idle machine, the reference for a busy core, is measured with more than one thread,
+    # and the thread count is given back afterwards; with one thread there is nothing to compare
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        two = bench_contended("resmasknet_tiny", batch_size=4, steps=1, warmup=1, seconds=1.0, rounds=1, device="cpu")
+        assert two["threads"] == 2 and torch.get_num_threads() == 2
+        assert two["train_one_thread_img_s"] > 0
+        assert two["one_thread_ratio"] == pytest.approx(two["train_one_thread_img_s"] / two["train_idle_img_s"])
+        torch.set_num_threads(1)
+        one = bench_contended("resmasknet_tiny", batch_size=4, steps=1, warmup=1, seconds=1.0, rounds=1, device="cpu")
+        assert one["train_one_thread_img_s"] is None and one["one_thread_ratio"] is None
+        assert format_contended([one]).splitlines()[1].split()[6:8] == ["-", "-"]  # 1 thread, its ratio
+    finally:
+        torch.set_num_threads(before)
     with pytest.raises(ValueError, match="rounds=0"):
         bench_contended("resmasknet_tiny", batch_size=4, rounds=0)
 

@@ -32,8 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="optimised path: bf16 autocast on CPU too, where the CPU has bf16 units (else fp32, logged)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--contended", action="store_true",
-                   help="training throughput idle and while another process keeps one core busy, and the ratio "
-                        "(shows what OMP_WAIT_POLICY=PASSIVE, set by `ablate`, buys on a shared machine)")
+                   help="training throughput idle, while another process keeps one core busy, and on one thread "
+                        "(what one free core gives); shows what OMP_WAIT_POLICY=PASSIVE, set by `ablate`, buys")
     p.add_argument("--busy-core", type=int, metavar="N",
                    help="with --contended: the core the busy process is pinned to (default: the last one)")
     p.add_argument("--study", metavar="STUDY",
@@ -76,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
                                   seconds=args.seconds, rounds=args.rounds, cpu_bf16=args.bf16_cpu,
                                   overrides=overrides, core=args.busy_core)
             print(f"  {n}: train {row['train_idle_img_s']:.1f} img/s idle, {row['train_contended_img_s']:.1f} "
-                  f"with a busy core ({row['contended_ratio']:.2f}x)", file=sys.stderr, flush=True)
+                  f"with a busy core ({row['contended_ratio']:.2f}x)"
+                  + (f", {row['train_one_thread_img_s']:.1f} on one thread ({row['one_thread_ratio']:.2f}x)"
+                     if row["train_one_thread_img_s"] else ""), file=sys.stderr, flush=True)
             rows.append(row)
         print(format_contended(rows))
         _write_json(args.json, rows)
