@@ -1,8 +1,8 @@
 """Baselines that check the generated data is what it claims: a linear probe on raw pixels must stay low
 (the classes are not separable by pixel statistics), a small CNN must learn them (the evidence is there).
 
-Library code: progress goes to `logging`, never to stdout. `python -m resmasknet.data._generated [n]` (or
-`python -m resmasknet.data._baselines [n]`) runs the check and prints the numbers.
+Library code: progress goes to `logging`, never to stdout. `python -m resmasknet.data [n]` runs the check and
+prints the numbers.
 
 Example:
     >>> res = baseline_check(1400, cnn=False, linear="ridge", strengths=(1e3,), verbose=False)
@@ -158,6 +158,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"example faces: {path}")
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

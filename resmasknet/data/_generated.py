@@ -25,8 +25,8 @@ intensity and per-face geometry of every part.
 One module of about 440 lines on purpose: the part shapes, the renderer and the evidence maps share one
 face frame and one random stream (its order is part of the dataset's identity), so splitting them would
 scatter what must change together. `resmasknet.data._baselines.baseline_check` measures that these
-properties hold (a linear probe stays low, a small CNN learns); `python -m resmasknet.data._generated [n]`
-runs it and prints the numbers.
+properties hold (a linear probe stays low, a small CNN learns); `python -m resmasknet.data [n]` runs it
+and prints the numbers.
 """
 
 from __future__ import annotations
@@ -434,9 +434,3 @@ def save_examples(data: FaceData, path: str, *, per_class: int = 6, scale: int =
         (grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST
     )
     img.save(path)
-
-
-if __name__ == "__main__":  # python -m resmasknet.data._generated [n]: the baseline check, printed
-    from resmasknet.data._baselines import main
-
-    main()
