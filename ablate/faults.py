@@ -18,7 +18,10 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import sys
+import threading
 from types import FrameType
+from typing import Any
 
 from resmasknet.runtime import StorageError, storage_error
 
@@ -109,3 +112,19 @@ def raise_on_sigterm() -> None:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, handler)
+    if not getattr(sys.unraisablehook, "_redelivers_terminated", False):
+        previous = sys.unraisablehook
+
+        def redeliver(unraisable: Any) -> None:
+            # a signal that lands in a finaliser or a weakref callback (run by the garbage collector, where Python
+            # ignores exceptions) would be lost and the run would go on: send it again a moment later, from another
+            # thread, so that it lands in the code that runs next (not in this hook, which ignores it too)
+            if isinstance(unraisable.exc_value, Terminated):
+                timer = threading.Timer(0.05, os.kill, (os.getpid(), unraisable.exc_value.signum))
+                timer.daemon = True
+                timer.start()
+                return
+            previous(unraisable)
+
+        redeliver._redelivers_terminated = True  # type: ignore[attr-defined]
+        sys.unraisablehook = redeliver

@@ -463,6 +463,33 @@ def test_imports_change_no_global_state():
     assert json.loads(out.strip().splitlines()[-1]) == [None, True]
 
 
+def test_sigterm_inside_a_finaliser_is_not_lost():
+    # a SIGTERM handled while the garbage collector runs a finaliser or weakref callback (SQLAlchemy's registry
+    # has some) raises where Python ignores exceptions: without re-delivery the run carried on and exited 0
+    code = """
+import os, signal, time
+from ablate.faults import Terminated, raise_on_sigterm
+raise_on_sigterm()
+class Finalised:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100000):
+            pass  # the handler runs here, inside the finaliser
+try:
+    obj = Finalised()
+    del obj
+    for _ in range(100000):
+        pass
+    time.sleep(0.5)
+    print("lost")
+except Terminated as exc:
+    print("terminated", exc.signum)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == f"terminated {int(signal.SIGTERM)}", (out.stdout, out.stderr)
+    assert "Exception ignored" not in out.stderr
+
+
 def test_sigterm_marks_trial_and_parent_run_killed(tmp_path, tracking):
     raw_train = {"epochs": 3, "max_train_batches": 30}
     study = write_study(tmp_path, "sigterm")
