@@ -388,7 +388,7 @@ def bench_contended(model: str | ResMaskNet, *, batch_size: int = 32, device: st
                 busy_cpu += c1 - c0
     return {
         "model": model if isinstance(model, str) else "custom", "device": str(dev), "batch_size": batch_size,
-        "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
+        "threads": threads, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
         "bf16": amp, "rounds": rounds,
         "train_idle_img_s": idle, "train_contended_img_s": contended, "contended_ratio": contended / idle,
         "train_one_thread_img_s": one_thread or None, "one_thread_ratio": one_thread / idle if one_thread else None,

@@ -271,24 +271,24 @@ def _finished(state: RunState, cfg: TrainConfig) -> tuple[str, str] | None:
     return None
 
 
-def expected_epochs(cfg: TrainConfig, history: list[dict[str, Any]], elapsed_s: float) -> int | None:
+def expected_epochs(cfg: TrainConfig, history: list[dict[str, Any]], elapsed_s: float, reserve_s: float = 0.0
+                    ) -> int | None:
     """How many epochs the run will have in all, for the progress bar: `cfg.epochs` without a time budget; with
-    one, what the time left allows at the last epoch's pace (counting the epoch a budget schedule cuts short),
-    never more than `cfg.epochs`; None while a budgeted run has no epoch to go by."""
+    one, what the time left allows at the last epoch's pace, never more than `cfg.epochs`; None while a budgeted
+    run has no epoch to go by. With budget_schedule the schedule ends mid-epoch `reserve_s` before the budget
+    (`BatchSchedule.reserve_s`), and that cut-short epoch counts; without it an epoch that would not fit is not
+    started."""
     if cfg.max_minutes is None:
         return cfg.epochs
     if not history:
         return None
-    last = history[-1]
-    per_epoch = max(1e-9, float(last.get("epoch_s", 0.0)))  # epoch_s includes the validation
-    left = max(0.0, cfg.max_minutes * 60 - elapsed_s)
-    more = left / per_epoch
-    if cfg.budget_schedule:  # the schedule ends mid-epoch when the budget does, keeping the validation time
-        left -= float(last.get("val_s", 0.0)) * 1.5 + 5.0
-        more = math.ceil(max(0.0, left) / per_epoch - 1e-9)
-    else:  # an epoch that would not fit is not started
-        more = math.floor(more + 1e-9)
-    return min(cfg.epochs, len(history) + int(more))
+    per_epoch = max(1e-9, float(history[-1]["epoch_s"]))  # epoch_s includes the validation
+    left = cfg.max_minutes * 60 - elapsed_s
+    if cfg.budget_schedule:
+        more = math.ceil(max(0.0, left - reserve_s) / per_epoch - 1e-9)
+    else:
+        more = math.floor(max(0.0, left) / per_epoch + 1e-9)
+    return min(cfg.epochs, len(history) + more)
 
 
 # ---- the loop -------------------------------------------------------------------------------------------
@@ -413,7 +413,7 @@ def train(model: ResMaskNet, data: Any, cfg: TrainConfig | None = None, *, out_d
 
     from tqdm.auto import tqdm
 
-    epoch_bar = tqdm(total=expected_epochs(cfg, history, clock()), initial=state.epoch, desc="epochs",
+    epoch_bar = tqdm(total=expected_epochs(cfg, history, clock(), lr.reserve_s), initial=state.epoch, desc="epochs",
                      unit="epoch", disable=not progress)
     status: tuple[str, str] | None = None
     try:
@@ -431,7 +431,7 @@ def train(model: ResMaskNet, data: Any, cfg: TrainConfig | None = None, *, out_d
             val_acc, val_loss = validate(model, val_images, val_split.labels, batch_size=cfg.eval_batch_size,
                                          max_batches=cfg.max_val_batches)
             metrics = run.record(epoch, stats, val_acc, val_loss, lr, t_epoch, t_val)
-            epoch_bar.total = expected_epochs(cfg, history, clock())  # a time budget: the estimate improves
+            epoch_bar.total = expected_epochs(cfg, history, clock(), lr.reserve_s)  # with a time budget: re-estimated
             epoch_bar.update(1)
             epoch_bar.set_postfix(val_acc=f"{val_acc:.4f}", best=f"{state.best_val_acc:.4f}")
             if callback is not None:

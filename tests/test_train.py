@@ -284,14 +284,15 @@ def test_progress_bar_counts_the_epochs_a_time_budget_allows():
     budget = TINY.replace(epochs=1000, max_minutes=60, budget_schedule=True)
     assert expected_epochs(budget, [], 0.0) is None  # nothing to go by yet
     first = [{"epoch_s": 300.0, "val_s": 10.0}]
-    # 3600 s - 300 s used = 3300 s; the schedule keeps 1.5 * 10 + 5 = 20 s back: 3280 / 300 = 10.9 -> 11 more,
-    # the last one cut short
-    assert expected_epochs(budget, first, 300.0) == 12
+    # 3600 s - 300 s used = 3300 s; the schedule keeps 20 s back: 3280 / 300 = 10.9 -> 11 more, the last cut short
+    assert expected_epochs(budget, first, 300.0, reserve_s=20.0) == 12
+    assert expected_epochs(budget, first, 300.0, reserve_s=600.0) == 10  # 2700 / 300 = 9 more
     # without budget_schedule an epoch that would not fit is not started: floor(3300 / 300) = 11 more
     assert expected_epochs(budget.replace(budget_schedule=False), first, 300.0) == 12
     assert expected_epochs(budget.replace(budget_schedule=False), first, 330.0) == 11  # 3270 / 300 = 10.9
-    assert expected_epochs(budget.replace(epochs=5), first, 300.0) == 5  # never more than the recipe's epochs
-    assert expected_epochs(budget, first * 12, 3600.0) == 12  # out of time: what has run
+    # never more than the recipe's epochs
+    assert expected_epochs(budget.replace(epochs=5), first, 300.0, reserve_s=20.0) == 5
+    assert expected_epochs(budget, first * 12, 3600.0, reserve_s=20.0) == 12  # out of time: what has run
 
 
 def test_soft_labels_and_label_smoothing(data, tmp_path):
