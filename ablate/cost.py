@@ -31,6 +31,7 @@ class CellCost:
     train_img_s: float
     eval_img_s: float
     seconds_per_seed: float
+    bf16: bool = False  # measured under bf16 autocast (CUDA; CPU with bf16 units where the recipe asks for it)
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,9 @@ class StudyCost:
         return sum(r.seconds_per_seed * r.seeds for r in self.rows)
 
     def format(self) -> str:
-        head = ("variant", "seeds", "epochs", "train img/s", "eval img/s", "min/seed", "min (all seeds)")
-        cells = [head] + [(r.variant, str(r.seeds), str(r.epochs), f"{r.train_img_s:.1f}", f"{r.eval_img_s:.1f}",
+        head = ("variant", "seeds", "epochs", "precision", "train img/s", "eval img/s", "min/seed", "min (all seeds)")
+        cells = [head] + [(r.variant, str(r.seeds), str(r.epochs), "bf16" if r.bf16 else "fp32",
+                           f"{r.train_img_s:.1f}", f"{r.eval_img_s:.1f}",
                            f"{r.seconds_per_seed / 60:.1f}", f"{r.seconds_per_seed * r.seeds / 60:.1f}")
                           for r in self.rows]
         from resmasknet.bench import text_table
@@ -84,9 +86,12 @@ def cell_seconds(train: Any, sizes: tuple[int, int, int], train_img_s: float, ev
 
 
 def project_study(study: Study, sizes: tuple[int, int, int], *, device: str | None = None,
-                  epochs: int | None = None, progress: Any = None, **bench_kwargs: Any) -> StudyCost:
+                  epochs: int | None = None, cpu_bf16: bool = False, progress: Any = None,
+                  **bench_kwargs: Any) -> StudyCost:
     """Time each distinct network of the grid once and project the study's cost (see the module doc).
-    `epochs` replaces the study's epoch count (e.g. the paper's 50 for a study that early-stops)."""
+    `epochs` replaces the study's epoch count (e.g. the paper's 50 for a study that early-stops); `cpu_bf16`
+    projects every cell as if its recipe asked for bf16 autocast on the CPU (`train.cpu_bf16`), which the
+    bench then uses only where the CPU has bf16 units, as training would."""
     from resmasknet.bench import bench_model
     from resmasknet.model import ResMaskNet
     from resmasknet.recipe import TrainConfig
@@ -103,7 +108,9 @@ def project_study(study: Study, sizes: tuple[int, int, int], *, device: str | No
         tcfg = TrainConfig(**{**study.train, **v.train})
         if epochs is not None:
             tcfg = tcfg.replace(epochs=epochs)
-        key = (cfg, tcfg.batch_size)
+        if cpu_bf16:
+            tcfg = tcfg.replace(cpu_bf16=True)
+        key = (cfg, tcfg.batch_size, tcfg.cpu_bf16)
         if key not in measured:
             measured[key] = bench_model(ResMaskNet(cfg, seed=0), batch_size=tcfg.batch_size, device=dev,
                                         plain=False, cpu_bf16=tcfg.cpu_bf16, **bench_kwargs)
@@ -111,5 +118,6 @@ def project_study(study: Study, sizes: tuple[int, int, int], *, device: str | No
                 progress(v.name, measured[key])
         m = measured[key]
         rows.append(CellCost(v.name, len(study.seeds), tcfg.epochs, m["train_img_s"], m["eval_img_s"],
-                             cell_seconds(tcfg, sizes, m["train_img_s"], m["eval_img_s"], study.tta)))
+                             cell_seconds(tcfg, sizes, m["train_img_s"], m["eval_img_s"], study.tta),
+                             bool(m.get("bf16", False))))
     return StudyCost(study.name, str(dev), sizes, tuple(rows))

@@ -59,6 +59,33 @@ def test_projection_measures_each_network_once_and_sums_the_cells(tmp_path, monk
     assert "projected" in cost.format() and "6 cells" in cost.format()
 
 
+def test_projection_under_bf16_is_what_the_recipe_or_the_flag_asks_for(tmp_path, monkeypatch):
+    import resmasknet.bench as bench
+
+    asked = []
+
+    def fake_bench(model, *, batch_size, cpu_bf16, **kw):
+        asked.append(cpu_bf16)
+        # as on a CPU with bf16 units: twice the fp32 rate when bf16 is asked for
+        rate = 20.0 if cpu_bf16 else 10.0
+        return {"train_img_s": rate, "eval_img_s": 4 * rate, "bf16": cpu_bf16}
+
+    monkeypatch.setattr(bench, "bench_model", fake_bench)
+    plain = load_study(_study(tmp_path))
+    fp32 = project_study(plain, (160, 40, 40), device="cpu")
+    flagged = project_study(plain, (160, 40, 40), device="cpu", cpu_bf16=True)
+    recipe = tiny_grid_study("cost")
+    recipe["base"]["train"] = {**recipe["base"].get("train", {}), "cpu_bf16": True}
+    path = tmp_path / "bf16.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    from_recipe = project_study(load_study(path), (160, 40, 40), device="cpu")
+    assert asked == [False, False, True, True, True, True]
+    assert [r.bf16 for r in fp32.rows] == [False, False] and all(r.bf16 for r in flagged.rows + from_recipe.rows)
+    # same splits, twice the rate: half the time, and the table says which precision it measured
+    assert flagged.total_s == pytest.approx(fp32.total_s / 2) == pytest.approx(from_recipe.total_s)
+    assert "bf16" in flagged.format() and "bf16" not in fp32.format()
+
+
 def test_bench_study_cli_and_its_errors(tmp_path, capsys):
     path = _study(tmp_path)
     rc = main(["bench", "--study", str(path), "--data-sizes", "64,16,16", "--steps", "1", "--warmup", "0",

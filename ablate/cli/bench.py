@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-plain", action="store_true", help="skip the plain (authors' way) measurements")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--bf16-cpu", action="store_true",
-                   help="optimised path: bf16 autocast on CPU too, where the CPU has bf16 units (else fp32, logged)")
+                   help="optimised path: bf16 autocast on CPU too, where the CPU has bf16 units (else fp32, logged); "
+                        "with --study: project every cell as if its recipe set train.cpu_bf16")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--contended", action="store_true",
                    help="training throughput idle, while another process keeps one core busy, and on one thread "
@@ -119,7 +120,8 @@ def _study_cost(args: argparse.Namespace, dev: object) -> int:
         print(f"  {variant}: train {row['train_img_s']:.1f} img/s, eval {row['eval_img_s']:.1f} img/s",
               file=sys.stderr, flush=True)
 
-    cost = project_study(study, sizes, device=str(dev), epochs=args.epochs, progress=show, steps=args.steps,
+    cost = project_study(study, sizes, device=str(dev), epochs=args.epochs, cpu_bf16=args.bf16_cpu,
+                         progress=show, steps=args.steps,
                          warmup=args.warmup, seconds=args.seconds, rounds=args.rounds)
     print(cost.format())
     _write_json(args.json, {"study": cost.study, "device": cost.device, "sizes": cost.sizes,
