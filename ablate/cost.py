@@ -31,7 +31,7 @@ class CellCost:
     train_img_s: float
     eval_img_s: float
     seconds_per_seed: float
-    bf16: bool = False  # measured under bf16 autocast (CUDA; CPU with bf16 units where the recipe asks for it)
+    bf16: bool  # measured under bf16 autocast (CUDA; CPU with bf16 units where the recipe asks for it)
 
 
 @dataclass(frozen=True)
@@ -119,5 +119,5 @@ def project_study(study: Study, sizes: tuple[int, int, int], *, device: str | No
         m = measured[key]
         rows.append(CellCost(v.name, len(study.seeds), tcfg.epochs, m["train_img_s"], m["eval_img_s"],
                              cell_seconds(tcfg, sizes, m["train_img_s"], m["eval_img_s"], study.tta),
-                             bool(m.get("bf16", False))))
+                             m["bf16"]))
     return StudyCost(study.name, str(dev), sizes, tuple(rows))

@@ -43,7 +43,7 @@ def test_projection_measures_each_network_once_and_sums_the_cells(tmp_path, monk
     def fake_bench(model, *, batch_size, **kw):
         calls.append(model.config)
         rate = 10.0 if model.config.masks[0].enabled else 40.0
-        return {"train_img_s": rate, "eval_img_s": 4 * rate}
+        return {"train_img_s": rate, "eval_img_s": 4 * rate, "bf16": False}
 
     monkeypatch.setattr(bench, "bench_model", fake_bench)
     study = load_study(_study(tmp_path, seeds=[0, 1, 2]))
