@@ -125,6 +125,15 @@ class Session:
     paths: Paths
     device: str = "cpu"
     progress: bool = True
+    first_seeds: int | None = None  # a grid run limited to the study's first N seeds (`--first-seeds`)
+
+    def in_scope(self, cell: int | None) -> bool:
+        """Whether this run may run grid cell `cell` (every cell, unless limited to the first seeds)."""
+        if self.first_seeds is None:
+            return True
+        if cell is None:
+            return False
+        return self.study.seeds.index(self.study.cells[cell][1]) < self.first_seeds
 
     def storage(self) -> optuna.storages.BaseStorage:
         return open_storage(self.storage_url, self.study.name)
@@ -258,7 +267,7 @@ def maintain(session: Session, ostudy: optuna.Study, tracker: Tracker | None = N
         if session.study.mode == "grid":
             cells = cell_states(ostudy.get_trials(deepcopy=False), int(ostudy.user_attrs.get("retry_from", 0)))
             for i in seed_major(session.study):
-                if i not in cells.busy and cells.attempts.get(i, 0) < MAX_ATTEMPTS:
+                if i not in cells.busy and cells.attempts.get(i, 0) < MAX_ATTEMPTS and session.in_scope(i):
                     ostudy.enqueue_trial({"cell": i}, skip_if_exists=False)
                     enqueued += 1
     return {"failed_stale": failed, "enqueued": enqueued}
@@ -269,6 +278,7 @@ def prepare(session: Session, retry_failed: bool = False) -> optuna.Study:
     enqueue the grid. Runs before any worker starts (MLflow races when workers create the experiment
     themselves). `retry_failed`: cells that used all their attempts get MAX_ATTEMPTS new ones."""
     study = session.study
+    check_first_seeds(session)
     try:
         session.paths.root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -289,6 +299,8 @@ def prepare(session: Session, retry_failed: bool = False) -> optuna.Study:
             ostudy.set_user_attr("spec", spec)
         if retry_failed:
             ostudy.set_user_attr("retry_from", len(ostudy.get_trials(deepcopy=False)))
+        if session.first_seeds is not None:
+            defer_out_of_scope(session, ostudy)
         tracker.ensure_experiment()
         if "mlflow_parent_run_id" not in ostudy.user_attrs:
             parent = tracker.start_parent(study.name, params={"mode": study.mode, "model": study.model,
@@ -315,9 +327,14 @@ def finish_study(session: Session, outcome: str) -> str | None:
 
 def study_outcome(st: dict[str, Any]) -> str:
     """FINISHED or FAILED for a `status()` dict: a grid is finished when every cell is complete; a search
-    when it has its n_trials complete or pruned."""
+    when it has its n_trials complete or pruned. A grid run limited to its first seeds (`--first-seeds`) whose
+    cells are all complete, with others left, is KILLED: stopped before the end, on purpose, nothing failed."""
     if "cells" in st:
-        return "FINISHED" if st["cells_complete"] == st["cells"] else "FAILED"
+        if st["cells_complete"] == st["cells"]:
+            return "FINISHED"
+        if "first_seeds" in st and st["cells_in_scope_complete"] == st["cells_in_scope"]:
+            return "KILLED"
+        return "FAILED"
     done = st["trials"].get("COMPLETE", 0) + st["trials"].get("PRUNED", 0)
     return "FINISHED" if done >= int(st.get("n_trials", 0)) else "FAILED"
 
@@ -400,6 +417,35 @@ def _fail_orphans(ostudy: optuna.Study, orphans: list[tuple[optuna.Trial, str, s
         orphans.remove(item)
 
 
+def check_first_seeds(session: Session) -> None:
+    """`--first-seeds N` needs a grid study and 1 <= N <= its number of seeds (a ValueError naming both)."""
+    n, study = session.first_seeds, session.study
+    if n is None:
+        return
+    if study.mode != "grid":
+        raise ValueError(f"--first-seeds applies to grid studies; {study.path} is a {study.mode} study")
+    if not 1 <= n <= len(study.seeds):
+        raise ValueError(f"--first-seeds {n}: study {study.name} has {len(study.seeds)} seeds "
+                         f"{list(study.seeds)}; give 1 to {len(study.seeds)}")
+
+
+def defer_out_of_scope(session: Session, ostudy: optuna.Study) -> int:
+    """Under the study lock: grid cells waiting from an earlier, unlimited run whose seed is outside
+    `--first-seeds` are taken off the queue (FAIL, kind `faults.KILLED`: no attempt used), so this run's
+    workers never pop them; a later run without the limit enqueues them again. Returns how many."""
+    storage = ostudy._storage
+    n = 0
+    for t in ostudy.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if session.in_scope(cell_of(t)):
+            continue
+        reason = f"deferred: outside --first-seeds {session.first_seeds}"
+        storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
+        storage.set_trial_user_attr(t._trial_id, "fail_kind", faults.KILLED)
+        if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL) is not False:
+            n += 1
+    return n
+
+
 def work(session: Session, max_trials: int | None = None, backoff: Backoff | None = None) -> int:
     """The worker loop: maintain, pop a trial, run it, until the study is done. Returns trials run.
 
@@ -421,7 +467,7 @@ def work(session: Session, max_trials: int | None = None, backoff: Backoff | Non
             maintain(session, ostudy, tracker)
             trials = ostudy.get_trials(deepcopy=False)
             if session.study.mode == "grid":
-                if not any(t.state == TrialState.WAITING for t in trials):
+                if not any(t.state == TrialState.WAITING and session.in_scope(cell_of(t)) for t in trials):
                     break
             else:
                 active = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)]
@@ -484,6 +530,11 @@ def status(session: Session) -> dict[str, Any]:
         out["cells"] = len(labels)
         out["cells_complete"] = len(cells.complete)
         out["cells_missing"] = [lab for i, lab in enumerate(labels) if i not in cells.complete and i not in exhausted]
+        if session.first_seeds is not None:
+            scope = [i for i in range(len(labels)) if session.in_scope(i)]
+            out["first_seeds"] = session.first_seeds
+            out["cells_in_scope"] = len(scope)
+            out["cells_in_scope_complete"] = sum(i in cells.complete for i in scope)
         out["cells_exhausted"] = [{"cell": labels[i], "attempts": cells.attempts[i], "reason": r}
                                   for i, r in sorted(exhausted.items())]
         out["attempts"] = {labels[i]: n for i, n in sorted(cells.attempts.items())}
@@ -582,6 +633,8 @@ def spawn_workers(study_ref: str, n: int, session: Session, workers_per_gpu: int
                    "--no-progress"]
             if session.study.name.endswith("-tiny"):
                 cmd.append("--tiny")
+            if session.first_seeds is not None:
+                cmd += ["--first-seeds", str(session.first_seeds)]
             procs.append(subprocess.Popen(cmd, env=env))
         return wait_workers(procs)
     except BaseException:  # interrupted (or SIGTERM): stop the workers, wait for them to mark their trials

@@ -157,3 +157,52 @@ def test_worker_without_shared_tracking_is_refused(tmp_path):
 
         session_from(argparse.Namespace(study=str(study), out=None, storage="postgresql://x@h/db",
                                         tracking_uri=None, tiny=False, device="cpu"))
+
+
+def test_first_seeds_runs_whole_paired_seeds_and_a_later_run_adds_the_rest(tmp_path, capsys):
+    study = write_study(tmp_path, seeds=[0, 1, 2])
+    out = tmp_path / "out"
+    s = session(study, out)
+    from ablate.runner import prepare
+
+    prepare(s)  # an earlier, unlimited run left every cell waiting (as one killed before it started would)
+    assert main(["run", str(study), "--out", str(out), "--first-seeds", "2", "--workers", "2",
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "seeds [0, 1] complete (2 of 3, as --first-seeds asked)" in printed and "adds seeds [2]" in printed
+    ostudy = load_optuna_study(s)
+    trials = ostudy.get_trials()
+    done = sorted(s.study.cells[t.params["cell"]] for t in trials if t.state.name == "COMPLETE")
+    # exactly every variant of seeds 0 and 1, once each; nothing of seed 2 ran, not even an MLflow run
+    assert done == sorted((v, seed) for v in ("on", "off") for seed in (0, 1))
+    runs = s.tracker().trial_runs(ostudy.user_attrs["mlflow_parent_run_id"])
+    assert sorted((r.data.tags["variant"], int(r.data.tags["seed"])) for r in runs) == done
+    deferred = [t for t in trials if t.state.name == "FAIL"]
+    assert sorted(s.study.cells[t.system_attrs["fixed_params"]["cell"]][1] for t in deferred) == [2, 2]
+    assert all(t.user_attrs["fail_kind"] == "killed" for t in deferred)
+    assert not [t for t in trials if t.state.name in ("WAITING", "RUNNING")]  # nothing of seed 2 left queued
+    # the summary of the limited run pairs the two seeds; the parent run says it stopped before the end
+    import pandas as pd
+
+    table = pd.read_csv(out / "summary.csv").set_index("variant")
+    assert table.loc["on", "n"] == 2 and table.loc["on", "n_pairs"] == 2
+    assert s.tracker().get_status(ostudy.user_attrs["mlflow_parent_run_id"]) == "KILLED"
+    # a later run without the limit runs only seed 2, and the deferral used none of its cells' attempts
+    assert main(["run", str(study), "--out", str(out), "--no-progress", "--no-summary"]) == 0
+    check_counts(s)
+    assert status(s)["attempts"] == {}
+
+
+@pytest.mark.parametrize("n", [0, 3])
+def test_first_seeds_out_of_range_is_one_line_naming_the_seeds(tmp_path, capsys, n):
+    study = write_study(tmp_path)
+    assert main(["run", str(study), "--out", str(tmp_path / "out"), "--first-seeds", str(n), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--first-seeds {n}: study faults has 2 seeds [0, 1]; give 1 to 2" in err and "\n" not in err
+    assert not (tmp_path / "out").exists()  # refused before anything was created
+
+
+def test_first_seeds_is_refused_for_a_search(tmp_path, capsys):
+    assert main(["run", "search_masks", "--tiny", "--out", str(tmp_path / "out"), "--first-seeds", "1",
+                 "--no-progress"]) == 2
+    assert "--first-seeds applies to grid studies" in capsys.readouterr().err

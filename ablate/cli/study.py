@@ -1,9 +1,9 @@
 """`ablate run | worker | status | summarize | ui`: studies as Optuna sweeps tracked in MLflow.
 
-Exit codes: 0 done; 1 grid cells remain unfinished (each exhausted cell is listed with its reason) or a
-storage error (disk full, read-only, permission: one line naming the path); a failed or killed worker gives
-the highest worker status (128 + signal when killed); 2 bad input (the study file, a flag); 130 Ctrl-C,
-143 SIGTERM.
+Exit codes: 0 done (with `--first-seeds N`: every cell of the first N seeds done); 1 grid cells remain
+unfinished (each exhausted cell is listed with its reason) or a storage error (disk full, read-only,
+permission: one line naming the path); a failed or killed worker gives the highest worker status (128 +
+signal when killed); 2 bad input (the study file, a flag); 130 Ctrl-C, 143 SIGTERM.
 """
 
 from __future__ import annotations
@@ -33,6 +33,13 @@ def _common(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.A
     return p
 
 
+def _first_seeds(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--first-seeds", type=int, metavar="N",
+                   help="grid studies: run only the cells of the study's first N seeds (every variant of each), "
+                        "so a run that must fit a time limit ends with whole paired seeds; a later run without "
+                        "it adds the other seeds to the same study")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = _common(sub, "run", "run a study (creates storage, MLflow parent run, local workers)")
     p.add_argument("--workers", type=int, default=1,
@@ -42,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "overrides --workers. Without CUDA: ignored (--workers on the CPU)")
     p.add_argument("--retry-failed", action="store_true",
                    help="give cells that used all their attempts new ones (after fixing the cause)")
+    _first_seeds(p)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if present)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-summary", action="store_true")
@@ -49,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = _common(sub, "worker", "join a running study from this machine / GPU")
     p.add_argument("--device", default="auto")
     p.add_argument("--max-trials", type=int)
+    _first_seeds(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_worker)
     p = _common(sub, "status", "trials and MLflow runs of a study, and the grid cells still missing")
@@ -99,7 +108,7 @@ def session_from(args: argparse.Namespace):
 
         torch.set_num_threads(int(threads))
     return Session(study=study, storage_url=storage, tracking_uri=tracking, paths=paths, device=device,
-                   progress=not getattr(args, "no_progress", False))
+                   progress=not getattr(args, "no_progress", False), first_seeds=getattr(args, "first_seeds", None))
 
 
 @contextlib.contextmanager
@@ -166,8 +175,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     st = _print_status(session)
     outcome = study_outcome(st)
     _end_parent(session, outcome)
+    limited_done = outcome == "KILLED"  # every cell of the first seeds complete, as --first-seeds asked
+    if limited_done:
+        seeds = list(study.seeds)
+        print(f"seeds {seeds[:session.first_seeds]} complete ({session.first_seeds} of {len(seeds)}, as "
+              f"--first-seeds asked); `ablate run {args.study}` without it adds seeds {seeds[session.first_seeds:]}")
     if not args.no_summary:
-        if outcome == "FINISHED":
+        if outcome == "FINISHED" or limited_done:
             cmd_summarize(argparse.Namespace(**{**vars(args), "metric": "test_acc", "markdown": False}))
         else:
             print(f"no summary while the study is unfinished (`ablate summarize {args.study}` summarises the "
@@ -175,7 +189,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if worker_rc:
         print(f"error: a worker failed (exit status {worker_rc}; see above)", file=sys.stderr)
         return worker_rc
-    if outcome != "FINISHED":
+    if outcome != "FINISHED" and not limited_done:
         print(f"error: study {study.name} is not finished (see above)", file=sys.stderr)
         return 1
     return 0
@@ -210,6 +224,9 @@ def _print_status(session) -> dict:
         print(f"failed cell {cell['cell']}: all {cell['attempts']} attempts failed; last: {cell['reason']}")
     if st.get("cells_exhausted"):
         print(f"  (fix the cause, then `ablate run --retry-failed` gives them {MAX_ATTEMPTS} new attempts)")
+    if "first_seeds" in st:
+        print(f"cells of the first {st['first_seeds']} seeds complete {st['cells_in_scope_complete']}/"
+              f"{st['cells_in_scope']}")
     if st.get("cells_missing"):
         print(f"missing cells: {', '.join(st['cells_missing'])}  (rerun `ablate run` to finish them)")
     return st
