@@ -7,6 +7,9 @@ time is projected from its recipe and the split sizes:
 
 Cells that differ only by seed share a measurement. The projection is for one worker on the device; several
 workers sharing a GPU that one leaves idle finish sooner (measure it: `ablate run --workers-per-gpu`).
+`StudyCost.makespan_s` deals the cells of the first seeds to N workers the way `ablate run` does (seed by
+seed, each cell to the first free worker), so `--fit MINUTES` can say how many whole seeds fit a time limit
+(`ablate run --first-seeds K`); it takes each worker to run at the one-worker rate.
 
     ablate bench --study fer_per_stage --device cuda                     # loads ${FER2013} for the sizes
     ablate bench --study paper_scale --device cuda --data-sizes 28709,3589,3589 --epochs 50
@@ -14,6 +17,7 @@ workers sharing a GPU that one leaves idle finish sooner (measure it: `ablate ru
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +49,25 @@ class StudyCost:
     def total_s(self) -> float:
         return sum(r.seconds_per_seed * r.seeds for r in self.rows)
 
+    @property
+    def seed_s(self) -> float:
+        """One whole seed (every variant once) on one worker."""
+        return sum(r.seconds_per_seed for r in self.rows)
+
+    def makespan_s(self, seeds: int, workers: int = 1) -> float:
+        """Projected wall time of the first `seeds` seeds on `workers` workers: the cells in the order
+        `ablate run` pops them (every variant of a seed, then the next seed), each to the first free worker."""
+        free = [0.0] * max(1, workers)
+        for _ in range(seeds):
+            for r in self.rows:
+                heapq.heappush(free, heapq.heappop(free) + r.seconds_per_seed)
+        return max(free)
+
+    def seeds_within(self, budget_s: float, workers: int = 1) -> int:
+        """The most whole seeds (at most the study's) whose projected wall time fits `budget_s`."""
+        n = min(r.seeds for r in self.rows)
+        return max([k for k in range(n + 1) if self.makespan_s(k, workers) <= budget_s])
+
     def format(self) -> str:
         head = ("variant", "seeds", "epochs", "precision", "train img/s", "eval img/s", "min/seed", "min (all seeds)")
         cells = [head] + [(r.variant, str(r.seeds), str(r.epochs), "bf16" if r.bf16 else "fp32",
@@ -58,8 +81,20 @@ class StudyCost:
         lines.append(f"\nstudy {self.study} on {self.device}: {len(self.rows)} variants, "
                      f"{sum(r.seeds for r in self.rows)} cells, projected {self.total_s / 60:.1f} min "
                      f"({self.total_s / 3600:.2f} h) for one worker; splits {n_train:,} / {n_val:,} / {n_test:,} "
-                     f"(train / val / test)")
+                     f"(train / val / test); one whole seed (every variant once) {self.seed_s / 60:.1f} min")
         return "\n".join(lines)
+
+    def fit(self, minutes: float, workers: int = 1) -> str:
+        """A line saying how many whole seeds fit `minutes` on `workers` workers, as an `ablate run` command."""
+        k = self.seeds_within(minutes * 60, workers)
+        n = min(r.seeds for r in self.rows)
+        on = f"{workers} worker{'s' if workers > 1 else ''}"
+        if k == 0:
+            return (f"not one whole seed fits {minutes:g} min on {on}: the first takes "
+                    f"{self.makespan_s(1, workers) / 60:.1f} min")
+        flag = "" if k == n else f" --first-seeds {k}"
+        return (f"within {minutes:g} min on {on}: ablate run {self.study} --workers {workers}{flag}  "
+                f"({k} of {n} seeds, projected {self.makespan_s(k, workers) / 60:.1f} min)")
 
 
 def split_sizes(study: Study) -> tuple[int, int, int]:

@@ -86,6 +86,24 @@ def test_projection_under_bf16_is_what_the_recipe_or_the_flag_asks_for(tmp_path,
     assert "bf16" in flagged.format() and "bf16" not in fp32.format()
 
 
+def test_whole_seeds_within_a_time_limit_are_dealt_as_the_runner_deals_them():
+    from ablate.cost import CellCost, StudyCost
+
+    # two variants of 30 and 10 s a seed, 3 seeds, popped seed by seed by the first free of 2 workers:
+    # on0 [0,30] | off0 [0,10]; on1 [10,40]; off1 [30,40]; on2 [40,70]; off2 [40,50]  (by hand)
+    cost = StudyCost("s", "cpu", (1, 1, 1), (CellCost("on", 3, 1, 1.0, 1.0, 30.0, False),
+                                            CellCost("off", 3, 1, 1.0, 1.0, 10.0, False)))
+    assert [cost.makespan_s(k, workers=2) for k in (1, 2, 3)] == [30.0, 40.0, 70.0]
+    assert [cost.makespan_s(k) for k in (1, 2, 3)] == [40.0, 80.0, 120.0]  # one worker: the plain sum
+    assert cost.seed_s == 40.0
+    assert cost.seeds_within(45, workers=2) == 2 and cost.seeds_within(70, workers=2) == 3
+    assert cost.seeds_within(29, workers=2) == 0
+    assert cost.fit(45 / 60, workers=2) == ("within 0.75 min on 2 workers: ablate run s --workers 2 --first-seeds 2"
+                                            "  (2 of 3 seeds, projected 0.7 min)")
+    assert "--first-seeds" not in cost.fit(70 / 60, workers=2)  # every seed fits: the plain command
+    assert cost.fit(0.25, workers=2).startswith("not one whole seed fits 0.25 min on 2 workers")
+
+
 def test_bench_study_cli_and_its_errors(tmp_path, capsys):
     path = _study(tmp_path)
     rc = main(["bench", "--study", str(path), "--data-sizes", "64,16,16", "--steps", "1", "--warmup", "0",
@@ -93,6 +111,12 @@ def test_bench_study_cli_and_its_errors(tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "projected" in out and "4 cells" in out
+    assert main(["bench", "--study", str(path), "--data-sizes", "64,16,16", "--steps", "1", "--warmup", "0",
+                 "--seconds", "1", "--rounds", "1", "--device", "cpu", "--fit", "600", "--workers", "2"]) == 0
+    assert f"within 600 min on 2 workers: ablate run {load_study(path).name} --workers 2  (2 of 2 seeds" in (
+        capsys.readouterr().out)
+    assert main(["bench", "--study", str(path), "--fit", "10", "--workers", "0"]) == 2
+    assert "must be positive" in capsys.readouterr().err
     saved = json.loads((tmp_path / "cost.json").read_text())
     assert saved["sizes"] == [64, 16, 16] and len(saved["rows"]) == 2 and saved["total_s"] > 0
     assert main(["bench", "--study", str(path), "--data-sizes", "64,16", "--device", "cpu"]) == 2

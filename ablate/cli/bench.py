@@ -6,6 +6,7 @@
     ablate bench --contended --model resmasknet_cpu --threads 2     # idle vs one busy core, and the ratio
     ablate bench --study fer_per_stage --device cuda                 # the study's projected cost (ablate.cost)
     ablate bench --study paper_scale --data-sizes 28709,3589,3589 --epochs 50
+    ablate bench --study fer_stage_left_out_cpu --threads 1 --fit 120 --workers 2   # whole seeds in 2 hours
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-sizes", metavar="TRAIN,VAL,TEST",
                    help="with --study: split sizes instead of loading the study's data (FER2013: 28709,3589,3589)")
     p.add_argument("--epochs", type=int, help="with --study: project this many epochs instead of the study's")
+    p.add_argument("--fit", type=float, metavar="MINUTES",
+                   help="with --study: how many whole seeds fit this many minutes (`ablate run --first-seeds`)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="with --study --fit: the workers `ablate run --workers` will use (default 1)")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     p.set_defaults(func=run)
 
@@ -103,6 +108,9 @@ def _study_cost(args: argparse.Namespace, dev: object) -> int:
     from ablate.cost import project_study, split_sizes
     from ablate.study import load_study
 
+    if args.workers < 1 or (args.fit is not None and args.fit <= 0):
+        print(f"ablate bench: --workers {args.workers} and --fit {args.fit} must be positive", file=sys.stderr)
+        return 2
     study = load_study(args.study)
     if args.data_sizes:
         try:
@@ -124,6 +132,8 @@ def _study_cost(args: argparse.Namespace, dev: object) -> int:
                          progress=show, steps=args.steps,
                          warmup=args.warmup, seconds=args.seconds, rounds=args.rounds)
     print(cost.format())
+    if args.fit is not None:
+        print(cost.fit(args.fit, args.workers))
     _write_json(args.json, {"study": cost.study, "device": cost.device, "sizes": cost.sizes,
                             "total_s": cost.total_s, "rows": [dataclasses.asdict(r) for r in cost.rows]})
     return 0
