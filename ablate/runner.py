@@ -529,6 +529,9 @@ def status(session: Session) -> dict[str, Any]:
         exhausted = cells.exhausted
         out["cells"] = len(labels)
         out["cells_complete"] = len(cells.complete)
+        grid = session.study.cells
+        out["seeds_complete"] = [s for s in session.study.seeds  # whole paired seeds: every variant complete
+                                 if all(i in cells.complete for i, (_, cs) in enumerate(grid) if cs == s)]
         out["cells_missing"] = [lab for i, lab in enumerate(labels) if i not in cells.complete and i not in exhausted]
         if session.first_seeds is not None:
             scope = [i for i in range(len(labels)) if session.in_scope(i)]

@@ -187,6 +187,7 @@ def test_first_seeds_runs_whole_paired_seeds_and_a_later_run_adds_the_rest(tmp_p
     table = pd.read_csv(out / "summary.csv").set_index("variant")
     assert table.loc["on", "n"] == 2 and table.loc["on", "n_pairs"] == 2
     assert s.tracker().get_status(ostudy.user_attrs["mlflow_parent_run_id"]) == "KILLED"
+    assert status(s)["seeds_complete"] == [0, 1] and "whole seeds complete [0, 1] of 3" in printed
     # a later run without the limit runs only seed 2, and the deferral used none of its cells' attempts
     assert main(["run", str(study), "--out", str(out), "--no-progress", "--no-summary"]) == 0
     check_counts(s)

@@ -213,7 +213,8 @@ def _print_status(session) -> dict:
     st = status(session)
     line = f"trials: {st['trials']}"
     if "cells" in st:
-        line += f"; grid cells complete {st['cells_complete']}/{st['cells']}"
+        line += (f"; grid cells complete {st['cells_complete']}/{st['cells']}; whole seeds complete "
+                 f"{st['seeds_complete']} of {len(session.study.seeds)}")
     if "mlflow_runs" in st:
         line += f"; MLflow trial runs: {st['mlflow_runs']}"
     print(line)
