@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import yaml
 from conftest import tiny_grid_study
@@ -73,3 +74,19 @@ def test_masks_off_and_unapplied_train_the_same_backbone(tmp_path: Path) -> None
     table = result["table"].set_index("variant")
     # and the summary calls them equivalent, not better or worse
     assert table.loc["unapplied", "verdict"] == "equivalent"
+
+
+@pytest.mark.parametrize("precision", [[], ["--bf16-cpu"]], ids=["fp32", "bf16-where-supported"])
+def test_one_mask_removed_and_one_mask_unapplied_are_the_same_run(tmp_path: Path, precision: list[str]) -> None:
+    # `fer_per_stage` removes mask k (`maskK.enabled: false`), `fer_stage_left_out_cpu` builds and runs it but
+    # does not apply it (`maskK.application: unapplied`): with the other masks applied, the two must be one run
+    runs = {"removed": "mask2.enabled=false", "unapplied": "mask2.application=unapplied", "all": None}
+    for name, setting in runs.items():
+        extra = ["--set", setting] if setting else []
+        assert main(["train", *TRAIN, *precision, *extra, "--out", str(tmp_path / name), "--seed", "4", "--set",
+                     "drop_rate=0.3"]) == 0
+    removed, unapplied, full = (EvalResult.load(tmp_path / n / "test") for n in runs)
+    # bit for bit: the unapplied branch leaves no trace in the weights, the data order or the random stream
+    assert np.array_equal(removed.probabilities, unapplied.probabilities)
+    # and the comparison can fail: applying mask 2 gives other probabilities
+    assert not np.array_equal(full.probabilities, unapplied.probabilities)
