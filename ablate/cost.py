@@ -2,14 +2,17 @@
 with `resmasknet.bench.bench_model` (training step at the study's batch size, evaluation), and each cell's
 time is projected from its recipe and the split sizes:
 
-    epochs x (train batches x batch / train img/s  +  val images / eval img/s)  +  test images / eval img/s
+    epochs x (train batches x batch / train img/s  +  val images / score img/s)
+      + (val images + test images) / score img/s       (the trial's final scoring of its best checkpoint)
     (x 11 test passes when the study scores the authors' 10-draw TTA too)
 
-Cells that differ only by seed share a measurement. The projection is for one worker on the device; several
-workers sharing a GPU that one leaves idle finish sooner (measure it: `ablate run --workers-per-gpu`).
-`StudyCost.makespan_s` deals the cells of the first seeds to N workers the way `ablate run` does (seed by
-seed, each cell to the first free worker), so `--fit MINUTES` can say how many whole seeds fit a time limit
-(`ablate run --first-seeds K`); it takes each worker to run at the one-worker rate.
+"score img/s" is the rate of the toolkit's prediction path (`resmasknet.bench.scoring_img_s`): bf16 on CUDA,
+fp32 on a CPU even where training runs under bf16. Cells that differ only by seed share a measurement.
+With `workers` = N > 1, each network is measured while N - 1 other processes train it beside it
+(`resmasknet.bench.other_workers`), as the other workers of `ablate run --workers N` (or `--workers-per-gpu
+N` on one GPU) would: they share the cores' memory bus and caches, or the GPU. `StudyCost.makespan_s` deals
+the cells of the first seeds to the workers the way `ablate run` does (seed by seed, each cell to the first
+free worker), so `--fit MINUTES` can say how many whole seeds fit a time limit (`ablate run --first-seeds K`).
 
     ablate bench --study fer_per_stage --device cuda                     # loads ${FER2013} for the sizes
     ablate bench --study paper_scale --device cuda --data-sizes 28709,3589,3589 --epochs 50
@@ -33,7 +36,7 @@ class CellCost:
     seeds: int
     epochs: int
     train_img_s: float
-    eval_img_s: float
+    eval_img_s: float  # the rate validation and scoring run at (fp32 on a CPU, bf16 on CUDA)
     seconds_per_seed: float
     bf16: bool  # measured under bf16 autocast (CUDA; CPU with bf16 units where the recipe asks for it)
 
@@ -44,6 +47,7 @@ class StudyCost:
     device: str
     sizes: tuple[int, int, int]
     rows: tuple[CellCost, ...]
+    workers: int = 1  # each network was measured beside workers - 1 other training processes
 
     @property
     def total_s(self) -> float:
@@ -69,7 +73,7 @@ class StudyCost:
         return max([k for k in range(n + 1) if self.makespan_s(k, workers) <= budget_s])
 
     def format(self) -> str:
-        head = ("variant", "seeds", "epochs", "precision", "train img/s", "eval img/s", "min/seed", "min (all seeds)")
+        head = ("variant", "seeds", "epochs", "precision", "train img/s", "score img/s", "min/seed", "min (all seeds)")
         cells = [head] + [(r.variant, str(r.seeds), str(r.epochs), "bf16" if r.bf16 else "fp32",
                            f"{r.train_img_s:.1f}", f"{r.eval_img_s:.1f}",
                            f"{r.seconds_per_seed / 60:.1f}", f"{r.seconds_per_seed * r.seeds / 60:.1f}")
@@ -78,10 +82,15 @@ class StudyCost:
 
         lines = text_table(cells)
         n_train, n_val, n_test = self.sizes
+        n = min(r.seeds for r in self.rows) if self.rows else 0
         lines.append(f"\nstudy {self.study} on {self.device}: {len(self.rows)} variants, "
                      f"{sum(r.seeds for r in self.rows)} cells, projected {self.total_s / 60:.1f} min "
-                     f"({self.total_s / 3600:.2f} h) for one worker; splits {n_train:,} / {n_val:,} / {n_test:,} "
-                     f"(train / val / test); one whole seed (every variant once) {self.seed_s / 60:.1f} min")
+                     f"({self.total_s / 3600:.2f} h) of one worker's time; splits {n_train:,} / {n_val:,} / "
+                     f"{n_test:,} (train / val / test); one whole seed (every variant once) {self.seed_s / 60:.1f} min")
+        if self.workers > 1:
+            lines.append(f"measured beside {self.workers - 1} other training worker(s), as `--workers "
+                         f"{self.workers}` runs: all {n} seeds on {self.workers} workers "
+                         f"{self.makespan_s(n, self.workers) / 60:.1f} min")
         return "\n".join(lines)
 
     def fit(self, minutes: float, workers: int = 1) -> str:
@@ -107,7 +116,8 @@ def split_sizes(study: Study) -> tuple[int, int, int]:
 
 def cell_seconds(train: Any, sizes: tuple[int, int, int], train_img_s: float, eval_img_s: float,
                  tta: bool) -> float:
-    """Projected seconds of one trial with recipe `train` (a TrainConfig) on splits of `sizes`."""
+    """Projected seconds of one trial with recipe `train` (a TrainConfig) on splits of `sizes`; `eval_img_s`
+    is the rate validation and scoring run at (`resmasknet.bench.scoring_img_s`)."""
     n_train, n_val, n_test = sizes
     if train.limit is not None:
         n_train, n_val = min(n_train, train.limit), min(n_val, train.limit)
@@ -117,24 +127,30 @@ def cell_seconds(train: Any, sizes: tuple[int, int, int], train_img_s: float, ev
     if train.max_val_batches is not None:
         n_val = min(n_val, train.max_val_batches * train.eval_batch_size)
     per_epoch = batches * train.batch_size / train_img_s + n_val / eval_img_s
-    return train.epochs * per_epoch + n_test * (11 if tta else 1) / eval_img_s
+    final = sizes[1] + n_test * (11 if tta else 1)  # the best checkpoint on the whole val and test splits
+    return train.epochs * per_epoch + final / eval_img_s
 
 
 def project_study(study: Study, sizes: tuple[int, int, int], *, device: str | None = None,
-                  epochs: int | None = None, cpu_bf16: bool = False, progress: Any = None,
+                  epochs: int | None = None, cpu_bf16: bool = False, workers: int = 1, progress: Any = None,
                   **bench_kwargs: Any) -> StudyCost:
     """Time each distinct network of the grid once and project the study's cost (see the module doc).
     `epochs` replaces the study's epoch count (e.g. the paper's 50 for a study that early-stops); `cpu_bf16`
     projects every cell as if its recipe asked for bf16 autocast on the CPU (`train.cpu_bf16`), which the
-    bench then uses only where the CPU has bf16 units, as training would."""
-    from resmasknet.bench import bench_model
+    bench then uses only where the CPU has bf16 units, as training would; `workers` > 1 measures each network
+    beside that many other training processes less one (the other workers of `ablate run --workers`)."""
+    import contextlib
+
+    from resmasknet.bench import bench_model, other_workers, scoring_img_s
     from resmasknet.model import ResMaskNet
     from resmasknet.recipe import TrainConfig
-    from resmasknet.runtime import resolve_device
+    from resmasknet.runtime import cpu_bf16_support, resolve_device
 
     if study.mode != "grid":
         raise ValueError(f"{study.path}: only grid studies can be projected (a search's trials are not known "
                          f"in advance); bench its base model with `ablate bench --model {study.model}`")
+    if workers < 1:
+        raise ValueError(f"workers={workers} must be >= 1")
     dev = resolve_device(device)
     measured: dict[Any, dict[str, Any]] = {}
     rows = []
@@ -147,12 +163,17 @@ def project_study(study: Study, sizes: tuple[int, int, int], *, device: str | No
             tcfg = tcfg.replace(cpu_bf16=True)
         key = (cfg, tcfg.batch_size, tcfg.cpu_bf16)
         if key not in measured:
-            measured[key] = bench_model(ResMaskNet(cfg, seed=0), batch_size=tcfg.batch_size, device=dev,
-                                        plain=False, cpu_bf16=tcfg.cpu_bf16, **bench_kwargs)
+            net = ResMaskNet(cfg, seed=0)
+            amp = dev.type == "cuda" or (dev.type == "cpu" and tcfg.cpu_bf16 and cpu_bf16_support()[0])
+            beside = (other_workers(net, workers - 1, batch_size=tcfg.batch_size, device=dev, amp=amp)
+                      if workers > 1 else contextlib.nullcontext())
+            with beside:
+                measured[key] = bench_model(net, batch_size=tcfg.batch_size, device=dev, plain=False,
+                                            cpu_bf16=tcfg.cpu_bf16, **bench_kwargs)
             if progress is not None:
                 progress(v.name, measured[key])
         m = measured[key]
-        rows.append(CellCost(v.name, len(study.seeds), tcfg.epochs, m["train_img_s"], m["eval_img_s"],
-                             cell_seconds(tcfg, sizes, m["train_img_s"], m["eval_img_s"], study.tta),
-                             m["bf16"]))
-    return StudyCost(study.name, str(dev), sizes, tuple(rows))
+        score = scoring_img_s(m)
+        rows.append(CellCost(v.name, len(study.seeds), tcfg.epochs, m["train_img_s"], score,
+                             cell_seconds(tcfg, sizes, m["train_img_s"], score, study.tta), m["bf16"]))
+    return StudyCost(study.name, str(dev), sizes, tuple(rows), workers)

@@ -14,6 +14,11 @@ see `runtime.configure_threads`). It also measures one thread on the idle machin
 PyTorch splits each parallel region evenly between its threads, so a thread that shares its core with another
 process holds the region up, and a busy core leaves about that much.
 
+With bf16 autocast on a CPU (`cpu_bf16`), evaluation is also timed in fp32 (`eval_fp32_img_s`): the toolkit's
+prediction (`resmasknet.evaluate`) runs fp32 on a CPU, and `scoring_img_s` gives the rate it runs at.
+`other_workers` trains the same network in separate processes beside a measurement, as the other workers of
+`ablate run --workers N` do (`ablate.cost` projects a study that way).
+
 Example:
     >>> rows = bench(["resnet_cpu", "resmasknet_cpu"], batch_size=32)
     >>> print(format_table(rows))
@@ -184,12 +189,13 @@ def bench_model(model: str | ResMaskNet, *, batch_size: int = 32, device: str | 
     x_cl = net.prepare_input(pool[:batch_size])  # channels_last
     x_plain = x_cl.contiguous()
 
-    def eval_phase(x: torch.Tensor, optimised: bool) -> tuple[float, float]:
+    def eval_phase(x: torch.Tensor, optimised: bool, bf16: bool | None = None) -> tuple[float, float]:
         net.eval()
         ctx: Callable[[], Any] = torch.inference_mode if optimised else torch.no_grad
+        bf16 = amp and optimised if bf16 is None else bf16
 
         def step() -> None:
-            with ctx(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and optimised):
+            with ctx(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
                 net(x)
 
         with _PeakMemory(dev) as mem:
@@ -209,10 +215,14 @@ def bench_model(model: str | ResMaskNet, *, batch_size: int = 32, device: str | 
     paths = [("", torch.channels_last, x_cl, True)]
     if plain:
         paths.append(("_plain", torch.contiguous_format, x_plain, False))
+    phases: list[tuple[str, Callable[[torch.Tensor, bool], tuple[float, float]]]] = [("eval", eval_phase),
+                                                                                   ("train", train_phase)]
+    if amp and dev.type == "cpu":  # prediction on a CPU runs in fp32 (resmasknet.evaluate): time that path too
+        phases.insert(1, ("eval_fp32", lambda x, optimised: eval_phase(x, optimised, bf16=False)))
     for r in range(rounds):
         for suffix, fmt, x, optimised in paths if r % 2 == 0 else paths[::-1]:
             net.to(memory_format=fmt)
-            for phase, fn in (("eval", eval_phase), ("train", train_phase)):
+            for phase, fn in [(ph, fn) for ph, fn in phases if optimised or ph != "eval_fp32"]:
                 img_s, mb = fn(x, optimised)
                 key = f"{phase}{suffix}_img_s"
                 row[key] = max(row.get(key, 0.0), img_s)
@@ -227,6 +237,12 @@ def bench_model(model: str | ResMaskNet, *, batch_size: int = 32, device: str | 
     if dev.type == "cuda":
         row["gpu"] = torch.cuda.get_device_name(dev)
     return row
+
+
+def scoring_img_s(row: dict[str, Any]) -> float:
+    """The rate at which the toolkit scores images with this row's network (`resmasknet.evaluate.predict`,
+    which validation and evaluation use): bf16 autocast on CUDA, fp32 on a CPU whatever training used."""
+    return float(row.get("eval_fp32_img_s", row["eval_img_s"]))
 
 
 def bench(models: Sequence[str | ResMaskNet], *, progress: Callable[[dict[str, Any]], None] | None = None,
@@ -244,7 +260,7 @@ def bench(models: Sequence[str | ResMaskNet], *, progress: Callable[[dict[str, A
 COLUMNS = (
     ("model", "model", "{}"), ("params", "params", "{:,}"), ("input", "input", "{}"),
     ("train_img_s", "train img/s", "{:.1f}"), ("train_plain_img_s", "plain", "{:.1f}"),
-    ("train_speedup", "x", "{:.2f}"), ("eval_img_s", "eval img/s", "{:.1f}"),
+    ("train_speedup", "x", "{:.2f}"), ("eval_img_s", "eval img/s", "{:.1f}"), ("eval_fp32_img_s", "fp32", "{:.1f}"),
     ("eval_plain_img_s", "plain", "{:.1f}"), ("eval_speedup", "x", "{:.2f}"),
     ("data_img_s", "data img/s", "{:.0f}"), ("train_peak_mb", "train MB", "{:.0f}"),
     ("eval_peak_mb", "eval MB", "{:.0f}"),
@@ -284,10 +300,12 @@ if core >= 0 and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {core})
     except OSError:
         pass
+parent = os.getppid()
 sys.stdout.write("spinning\\n")
 sys.stdout.flush()
-while True:
-    pass
+while os.getppid() == parent:  # an orphan (the bench was killed) stops by itself
+    for _ in range(1_000_000):
+        pass
 """
 
 
@@ -333,6 +351,68 @@ def busy_core(core: int | None = None) -> Iterator[BusyProcess]:
         proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+# ---- beside other workers -------------------------------------------------------------------------------
+# `ablate run --workers N` (or --workers-per-gpu N) runs N trials at once on one machine or GPU; they share its
+# memory bus, caches and GPU, so one trial runs slower than it does alone. A companion is a separate process
+# that trains the same network at the same batch size and precision, to be measured beside.
+_COMPANION_CODE = """\
+import sys
+from resmasknet.bench import _companion_main
+_companion_main(sys.argv[1:])
+"""
+
+
+def _companion_main(argv: Sequence[str]) -> None:
+    """A companion's body: train on a fixed random batch until its parent is gone (or it is killed)."""
+    from resmasknet.config import NetConfig
+
+    config, batch_size, device, amp, threads = argv
+    parent = os.getppid()
+    torch.set_num_threads(int(threads))
+    dev = torch.device(device)
+    net = ResMaskNet(NetConfig.from_json(config), seed=0).to(dev).to(memory_format=torch.channels_last)
+    gen = torch.Generator().manual_seed(0)
+    faces = torch.randint(0, 256, (int(batch_size), 48, 48), dtype=torch.uint8, generator=gen).to(dev)
+    labels = torch.randint(0, net.config.num_classes, (int(batch_size),), generator=gen).to(dev)
+    step = _train_step(net, net.prepare_input(faces), labels, amp=amp == "1")
+    step()
+    sys.stdout.write("training\n")
+    sys.stdout.flush()
+    while os.getppid() == parent:
+        step()
+
+
+@contextlib.contextmanager
+def other_workers(model: ResMaskNet, n: int, *, batch_size: int, device: str | torch.device | None = None,
+                  amp: bool = False, threads: int | None = None) -> Iterator[list[subprocess.Popen]]:
+    """Run `n` separate processes that each train `model`'s network (batch `batch_size`, bf16 autocast if
+    `amp`, `threads` torch threads each, default this process's count) for the duration of the block, as
+    the other workers of `ablate run --workers n+1` would; the block starts once all of them train. They are
+    killed on exit, and each stops by itself if this process dies."""
+    dev = resolve_device(device)
+    threads = threads or torch.get_num_threads()
+    cmd = [sys.executable, "-c", _COMPANION_CODE, model.config.to_json(), str(batch_size), str(dev),
+           "1" if amp else "0", str(threads)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    procs: list[subprocess.Popen] = []
+    try:
+        for _ in range(n):
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env))
+        for p in procs:
+            assert p.stdout is not None
+            if p.stdout.readline().strip() != b"training":
+                raise RuntimeError(f"a companion training process exited with code {p.wait()} before training "
+                                   f"(its error is above)")
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+            if p.stdout is not None:
+                p.stdout.close()
 
 
 def bench_contended(model: str | ResMaskNet, *, batch_size: int = 32, device: str | torch.device | None = None,

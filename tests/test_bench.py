@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from resmasknet.bench import bench_model, format_table
 
 QUICK = {"batch_size": 4, "steps": 1, "warmup": 1, "seconds": 1.0, "device": "cpu"}
@@ -46,6 +48,101 @@ def test_cli_bench(tmp_path, capsys):
     # an unknown model is a clear error naming it
     rc = main(["bench", "--model", "resmasknet_huge"])
     assert rc == 2 and "resmasknet_huge" in capsys.readouterr().err
+
+
+def test_cpu_prediction_is_timed_in_fp32_where_training_is_timed_in_bf16():
+    import pytest
+    import torch
+
+    from resmasknet.bench import scoring_img_s
+    from resmasknet.registry import create_model
+    from resmasknet.runtime import cpu_bf16_support
+
+    if not cpu_bf16_support()[0]:
+        row = bench_model("resmasknet_tiny", **QUICK, plain=False, rounds=1, cpu_bf16=True)
+        assert not row["bf16"] and "eval_fp32_img_s" not in row and scoring_img_s(row) == row["eval_img_s"]
+        pytest.skip("this CPU has no bf16 units: the bench measured fp32 only")
+    net = create_model("resmasknet_tiny")
+    seen = set()  # (grad enabled, CPU autocast enabled) at each forward call
+    net.register_forward_pre_hook(lambda m, a: seen.add((torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"))))
+    row = bench_model(net, **QUICK, plain=False, rounds=1, cpu_bf16=True)
+    # training and the bf16 inference path ran under autocast; the fp32 path (what resmasknet.evaluate runs on
+    # a CPU) without it, and the projection scores at that rate
+    assert row["bf16"] and seen == {(True, True), (False, True), (False, False)}
+    assert row["eval_fp32_img_s"] > 0 and scoring_img_s(row) == row["eval_fp32_img_s"]
+    # without bf16 nothing runs under autocast and there is one eval rate
+    seen.clear()
+    fp32 = bench_model(net, **QUICK, plain=False, rounds=1)
+    assert seen == {(True, False), (False, False)} and "eval_fp32_img_s" not in fp32
+    assert scoring_img_s(fp32) == fp32["eval_img_s"]
+
+
+# ---- other workers beside ------------------------------------------------------------------------------
+def _cpu_seconds(pid: int) -> float:
+    import os
+
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_other_workers_train_beside_and_are_stopped():
+    import os
+    import time
+
+    import pytest
+
+    from resmasknet.bench import other_workers
+    from resmasknet.registry import create_model
+
+    if not os.path.exists(f"/proc/{os.getpid()}/stat"):
+        pytest.skip("needs Linux /proc to read a process's CPU time")
+    with other_workers(create_model("resmasknet_tiny"), 2, batch_size=4, device="cpu", threads=1) as procs:
+        # two separate processes, both already past their first training step, both using CPU time
+        assert len(procs) == 2 and all(p.poll() is None and p.pid != os.getpid() for p in procs)
+        before = [_cpu_seconds(p.pid) for p in procs]
+        time.sleep(1.0)
+        assert all(_cpu_seconds(p.pid) > b for p, b in zip(procs, before))
+    assert all(p.poll() is not None for p in procs)
+
+
+@pytest.mark.parametrize("kind", ["busy core", "other worker"])
+def test_helper_processes_stop_by_themselves_when_the_bench_is_killed(kind):
+    """A bench killed with SIGKILL runs no cleanup: its helper processes must not spin on as orphans."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = {"busy core": "from resmasknet.bench import busy_core as c; ctx = c(-1)",
+            "other worker": "from resmasknet.bench import other_workers as w; from resmasknet.registry import "
+                            "create_model as m; ctx = w(m('resmasknet_tiny'), 1, batch_size=4, device='cpu', "
+                            "threads=1)"}[kind]
+    script = (f"import os, sys, time\n{code}\nwith ctx as h:\n"
+              "    pids = [p.pid for p in h] if isinstance(h, list) else [h.process.pid]\n"
+              "    print(*pids, flush=True)\n    time.sleep(60)\n")
+    bench = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        helper = int(bench.stdout.readline().split()[0])
+        os.kill(helper, 0)  # running
+        bench.send_signal(signal.SIGKILL)
+        bench.wait()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{helper}/status") as fh:  # gone, or a zombie waiting for init to reap it
+                    if any(line.startswith("State:") and "Z" in line for line in fh):
+                        break
+            except FileNotFoundError:
+                break
+            time.sleep(0.2)
+        else:
+            os.kill(helper, signal.SIGKILL)
+            raise AssertionError(f"the {kind} process {helper} outlived its killed bench by 30 s")
+    finally:
+        bench.kill()
+        bench.stdout.close()
 
 
 # ---- one busy core -----------------------------------------------------------------------------------------

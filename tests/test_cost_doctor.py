@@ -24,15 +24,16 @@ def _study(tmp_path: Path, **changes) -> Path:
 
 def test_cell_seconds_is_the_hand_computation():
     cfg = TrainConfig(epochs=2, batch_size=10, early_stop_patience=None)
-    # 100 train images = 10 batches of 10 at 20 img/s (5 s) + 50 val at 50 img/s (1 s), twice; 40 test at 50 img/s
-    assert cell_seconds(cfg, (100, 50, 40), 20.0, 50.0, tta=False) == pytest.approx(2 * (5 + 1) + 0.8)
+    # 100 train images = 10 batches of 10 at 20 img/s (5 s) + 50 val at 50 img/s (1 s), twice; then the best
+    # checkpoint scored on the 50 val (1 s) and 40 test (0.8 s) images at 50 img/s
+    assert cell_seconds(cfg, (100, 50, 40), 20.0, 50.0, tta=False) == pytest.approx(2 * (5 + 1) + 1 + 0.8)
     # the authors' TTA scores the test split 10 more times
-    assert cell_seconds(cfg, (100, 50, 40), 20.0, 50.0, tta=True) == pytest.approx(2 * (5 + 1) + 8.8)
-    # max_train_batches caps the batches; limit caps train and val
+    assert cell_seconds(cfg, (100, 50, 40), 20.0, 50.0, tta=True) == pytest.approx(2 * (5 + 1) + 1 + 8.8)
+    # max_train_batches caps the batches; limit caps train and val during training, not the final scoring
     assert cell_seconds(cfg.replace(max_train_batches=3), (100, 50, 40), 20.0, 50.0, tta=False) == pytest.approx(
-        2 * (1.5 + 1) + 0.8)
+        2 * (1.5 + 1) + 1 + 0.8)
     assert cell_seconds(cfg.replace(limit=30), (100, 50, 40), 20.0, 50.0, tta=False) == pytest.approx(
-        2 * (1.5 + 0.6) + 0.8)
+        2 * (1.5 + 0.6) + 1 + 0.8)
 
 
 def test_projection_measures_each_network_once_and_sums_the_cells(tmp_path, monkeypatch):
@@ -53,8 +54,8 @@ def test_projection_measures_each_network_once_and_sums_the_cells(tmp_path, monk
     on, off = rows["on"], rows["off"]
     assert on.seeds == off.seeds == 3
     # 3 batches of 16 (max_train_batches) per epoch, 1 epoch, 40 val + 40 test images, tta on by default
-    assert on.seconds_per_seed == pytest.approx(3 * 16 / 10 + 40 / 40 + 40 * 11 / 40)
-    assert off.seconds_per_seed == pytest.approx(3 * 16 / 40 + 40 / 160 + 40 * 11 / 160)
+    assert on.seconds_per_seed == pytest.approx(3 * 16 / 10 + 40 / 40 + (40 + 40 * 11) / 40)
+    assert off.seconds_per_seed == pytest.approx(3 * 16 / 40 + 40 / 160 + (40 + 40 * 11) / 160)
     assert cost.total_s == pytest.approx(3 * (on.seconds_per_seed + off.seconds_per_seed))
     assert "projected" in cost.format() and "6 cells" in cost.format()
 
@@ -84,6 +85,58 @@ def test_projection_under_bf16_is_what_the_recipe_or_the_flag_asks_for(tmp_path,
     # same splits, twice the rate: half the time, and the table says which precision it measured
     assert flagged.total_s == pytest.approx(fp32.total_s / 2) == pytest.approx(from_recipe.total_s)
     assert "bf16" in flagged.format() and "bf16" not in fp32.format()
+
+
+def test_projection_scores_at_the_rate_prediction_runs_at(tmp_path, monkeypatch):
+    import resmasknet.bench as bench
+
+    def fake_bench(model, *, batch_size, cpu_bf16, **kw):
+        # a CPU with bf16 units: bf16 training and inference twice as fast, prediction (validation, scoring) in fp32
+        return {"train_img_s": 20.0, "eval_img_s": 80.0, "eval_fp32_img_s": 40.0, "bf16": True}
+
+    monkeypatch.setattr(bench, "bench_model", fake_bench)
+    recipe = tiny_grid_study("cost")
+    recipe["base"]["tta"] = False
+    study = load_study(_study(tmp_path, base=recipe["base"]))
+    cost = project_study(study, (160, 40, 40), device="cpu", cpu_bf16=True)
+    # by hand: 1 epoch of 3 batches of 16 at 20 img/s (2.4 s), 40 val at 40 img/s (1 s), then val and test once
+    # more at 40 img/s (2 s); not the 80 img/s of bf16 inference, which no CPU evaluation runs
+    assert [r.seconds_per_seed for r in cost.rows] == pytest.approx([2.4 + 1 + 2, 2.4 + 1 + 2])
+    assert {r.eval_img_s for r in cost.rows} == {40.0} and "score img/s" in cost.format()
+
+
+def test_projection_for_several_workers_measures_beside_the_others(tmp_path, monkeypatch):
+    import contextlib
+
+    import resmasknet.bench as bench
+
+    real = bench.other_workers
+    started, live, seen = [], [], []
+
+    @contextlib.contextmanager
+    def tracking(model, n, **kw):
+        started.append((model.config, n))
+        with real(model, n, **kw) as procs:
+            live[:] = procs
+            yield procs
+        live.clear()
+
+    def fake_bench(model, **kw):
+        seen.append((model.config, len(live), all(p.poll() is None for p in live)))
+        return {"train_img_s": 10.0, "eval_img_s": 40.0, "bf16": False}
+
+    monkeypatch.setattr(bench, "other_workers", tracking)
+    monkeypatch.setattr(bench, "bench_model", fake_bench)
+    study = load_study(_study(tmp_path))
+    alone = project_study(study, (160, 40, 40), device="cpu")
+    assert started == [] and alone.workers == 1 and "beside" not in alone.format()
+    two = project_study(study, (160, 40, 40), device="cpu", workers=2)
+    # each of the two networks is measured once, while one other worker trains that very network
+    assert len(started) == 2 and [c for c, _ in started] == [c for c, _, _ in seen[2:]]
+    assert all(n == 1 for _, n in started) and all(k == 1 and alive for _, k, alive in seen[2:])
+    assert two.workers == 2 and "beside 1 other training worker" in two.format()
+    with pytest.raises(ValueError, match="workers=0"):
+        project_study(study, (160, 40, 40), device="cpu", workers=0)
 
 
 def test_whole_seeds_within_a_time_limit_are_dealt_as_the_runner_deals_them():

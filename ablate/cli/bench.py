@@ -47,7 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fit", type=float, metavar="MINUTES",
                    help="with --study: how many whole seeds fit this many minutes (`ablate run --first-seeds`)")
     p.add_argument("--workers", type=int, default=1,
-                   help="with --study --fit: the workers `ablate run --workers` will use (default 1)")
+                   help="with --study: the workers `ablate run --workers` (or --workers-per-gpu) will use; each "
+                        "network is measured beside that many other training processes less one, and --fit "
+                        "deals the cells to them (default 1)")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     p.set_defaults(func=run)
 
@@ -125,17 +127,19 @@ def _study_cost(args: argparse.Namespace, dev: object) -> int:
         sizes = split_sizes(study)
 
     def show(variant: str, row: dict) -> None:
-        print(f"  {variant}: train {row['train_img_s']:.1f} img/s, eval {row['eval_img_s']:.1f} img/s",
+        print(f"  {variant}: train {row['train_img_s']:.1f} img/s, eval {row['eval_img_s']:.1f} img/s"
+              + (f" ({row['eval_fp32_img_s']:.1f} in fp32)" if "eval_fp32_img_s" in row else ""),
               file=sys.stderr, flush=True)
 
     cost = project_study(study, sizes, device=str(dev), epochs=args.epochs, cpu_bf16=args.bf16_cpu,
-                         progress=show, steps=args.steps,
+                         workers=args.workers, progress=show, steps=args.steps,
                          warmup=args.warmup, seconds=args.seconds, rounds=args.rounds)
     print(cost.format())
     if args.fit is not None:
         print(cost.fit(args.fit, args.workers))
     _write_json(args.json, {"study": cost.study, "device": cost.device, "sizes": cost.sizes,
-                            "total_s": cost.total_s, "rows": [dataclasses.asdict(r) for r in cost.rows]})
+                            "workers": cost.workers, "total_s": cost.total_s,
+                            "rows": [dataclasses.asdict(r) for r in cost.rows]})
     return 0
 
 
