@@ -486,10 +486,13 @@ def format_contended(rows: Sequence[dict[str, Any]]) -> str:
     def opt(value: float | None, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
-    cells = [list(head)] + [[
+    best = best_idle(rows)
+    several = any(sum(r["model"] == m for r in rows) > 1 for m in best)
+    cells = [list(head) + (["busy / best idle"] if several else [])] + [[
         r["model"], str(r["threads"]), r["omp_wait_policy"], f"{r['train_idle_img_s']:.1f}",
         f"{r['train_contended_img_s']:.1f}", f"{r['contended_ratio']:.2f}", opt(r.get("train_one_thread_img_s"), ".1f"),
-        opt(r.get("one_thread_ratio"), ".2f"), opt(r.get("busy_share"), ".2f")] for r in rows]
+        opt(r.get("one_thread_ratio"), ".2f"), opt(r.get("busy_share"), ".2f")]
+        + ([f"{r['train_contended_img_s'] / best[r['model']]:.2f}"] if several else []) for r in rows]
     lines = text_table(cells)
     if rows:
         r = rows[0]
@@ -497,5 +500,15 @@ def format_contended(rows: Sequence[dict[str, Any]]) -> str:
                      f"process spins on core {r['busy_core']} while training is measured; ratio = busy-core / "
                      "idle; 1 thread: one thread on the idle machine, what one free core gives (a busy core "
                      "leaves about that: each parallel region waits for the thread that shares its core); busy "
-                     "share: the share of one core the busy process got meanwhile.")
+                     "share: the share of one core the busy process got meanwhile."
+                     + (" busy / best idle: busy-core img/s over the best idle img/s of that model at any "
+                        "thread count measured here." if several else ""))
     return "\n".join(lines)
+
+
+def best_idle(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Each model's best idle training img/s over the `bench_contended` rows (e.g. several thread counts)."""
+    best: dict[str, float] = {}
+    for r in rows:
+        best[r["model"]] = max(best.get(r["model"], 0.0), r["train_idle_img_s"])
+    return best

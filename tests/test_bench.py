@@ -209,3 +209,33 @@ def test_cli_bench_contended(tmp_path, capsys):
     assert rc == 0 and "busy-core img/s" in capsys.readouterr().out
     row = json.loads(out.read_text())[0]
     assert {"train_idle_img_s", "train_contended_img_s", "contended_ratio"} <= row.keys()
+
+
+def test_cli_bench_contended_compares_thread_counts_in_one_run(tmp_path, capsys):
+    import torch
+
+    from ablate.cli import main
+    from resmasknet.bench import best_idle, format_contended
+
+    before = torch.get_num_threads()
+    out = tmp_path / "c.json"
+    quick = ["--model", "resmasknet_tiny", "--batch-size", "4", "--steps", "1", "--warmup", "1", "--rounds", "1",
+             "--seconds", "1", "--device", "cpu"]
+    try:
+        rc = main(["bench", "--contended", *quick, "--threads", "1", "3", "--json", str(out)])
+        text = capsys.readouterr().out
+    finally:
+        torch.set_num_threads(before)
+    rows = json.loads(out.read_text())
+    # one row per thread count, each measured at that count (three threads on two cores included)
+    assert rc == 0 and [r["threads"] for r in rows] == [1, 3]
+    # the extra column: busy-core img/s over the best idle img/s of the model at any count, by hand
+    best = max(r["train_idle_img_s"] for r in rows)
+    assert best_idle(rows) == {"resmasknet_tiny": best} and "busy / best idle" in text
+    table = format_contended(rows).splitlines()
+    for line, r in zip(table[1:3], rows):
+        assert line.split()[-1] == f"{r['train_contended_img_s'] / best:.2f}"
+    # a single count keeps the old table; several counts need --contended
+    assert "best idle" not in format_contended(rows[:1])
+    assert main(["bench", *quick, "--threads", "1", "2"]) == 2
+    assert "several with --contended" in capsys.readouterr().err

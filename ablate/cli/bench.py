@@ -4,6 +4,7 @@
     ablate bench --model resnet_cpu resmasknet_cpu --batch-size 32 --json bench.json
     ablate bench --all --device cuda
     ablate bench --contended --model resmasknet_cpu --threads 2     # idle vs one busy core, and the ratio
+    ablate bench --contended --model resmasknet_cpu --threads 2 3 4 # thread counts compared in one run
     ablate bench --study fer_per_stage --device cuda                 # the study's projected cost (ablate.cost)
     ablate bench --study paper_scale --data-sizes 28709,3589,3589 --epochs 50
     ablate bench --study fer_stage_left_out_cpu --threads 1 --fit 120 --workers 2   # whole seeds in 2 hours
@@ -32,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bf16-cpu", action="store_true",
                    help="optimised path: bf16 autocast on CPU too, where the CPU has bf16 units (else fp32, logged); "
                         "with --study: project every cell as if its recipe set train.cpu_bf16")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, nargs="+", metavar="N",
+                   help="torch CPU threads (default: torch's choice); with --contended several counts may be "
+                        "given, each measured in the same run (more threads than cores included)")
     p.add_argument("--contended", action="store_true",
                    help="training throughput idle, while another process keeps one core busy, and on one thread "
                         "(what one free core gives); shows what OMP_WAIT_POLICY=PASSIVE, set by `ablate`, buys")
@@ -55,15 +58,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from ablate.cli.models import _parse_sets
     from resmasknet.bench import bench, bench_contended, format_contended, format_table
     from resmasknet.registry import get_config, list_models
     from resmasknet.runtime import resolve_device
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    threads = list(dict.fromkeys(args.threads or [torch.get_num_threads()]))
+    if min(threads) < 1 or (len(threads) > 1 and not args.contended):
+        print(f"ablate bench: --threads {' '.join(map(str, args.threads))}: one positive count, or several "
+              f"with --contended", file=sys.stderr)
+        return 2
+    torch.set_num_threads(threads[0])
     dev = resolve_device(args.device)
     if args.study:
         return _study_cost(args, dev)
@@ -80,14 +87,16 @@ def run(args: argparse.Namespace) -> int:
     if args.contended:
         rows = []
         for n in names:
-            row = bench_contended(n, batch_size=args.batch_size, device=dev, steps=args.steps, warmup=args.warmup,
-                                  seconds=args.seconds, rounds=args.rounds, cpu_bf16=args.bf16_cpu,
-                                  overrides=overrides, core=args.busy_core)
-            print(f"  {n}: train {row['train_idle_img_s']:.1f} img/s idle, {row['train_contended_img_s']:.1f} "
-                  f"with a busy core ({row['contended_ratio']:.2f}x)"
-                  + (f", {row['train_one_thread_img_s']:.1f} on one thread ({row['one_thread_ratio']:.2f}x)"
-                     if row["train_one_thread_img_s"] else ""), file=sys.stderr, flush=True)
-            rows.append(row)
+            for t in threads:
+                torch.set_num_threads(t)
+                row = bench_contended(n, batch_size=args.batch_size, device=dev, steps=args.steps,
+                                      warmup=args.warmup, seconds=args.seconds, rounds=args.rounds,
+                                      cpu_bf16=args.bf16_cpu, overrides=overrides, core=args.busy_core)
+                print(f"  {n}, {t} threads: train {row['train_idle_img_s']:.1f} img/s idle, "
+                      f"{row['train_contended_img_s']:.1f} with a busy core ({row['contended_ratio']:.2f}x)"
+                      + (f", {row['train_one_thread_img_s']:.1f} on one thread ({row['one_thread_ratio']:.2f}x)"
+                         if row["train_one_thread_img_s"] else ""), file=sys.stderr, flush=True)
+                rows.append(row)
         print(format_contended(rows))
         _write_json(args.json, rows)
         return 0
