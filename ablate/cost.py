@@ -102,7 +102,8 @@ class StudyCost:
             return (f"not one whole seed fits {minutes:g} min on {on}: the first takes "
                     f"{self.makespan_s(1, workers) / 60:.1f} min")
         flag = "" if k == n else f" --first-seeds {k}"
-        return (f"within {minutes:g} min on {on}: ablate run {self.study} --workers {workers}{flag}  "
+        per = "--workers-per-gpu" if self.device.startswith("cuda") else "--workers"
+        return (f"within {minutes:g} min on {on}: ablate run {self.study} {per} {workers}{flag}  "
                 f"({k} of {n} seeds, projected {self.makespan_s(k, workers) / 60:.1f} min)")
 
 

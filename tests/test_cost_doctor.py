@@ -155,6 +155,9 @@ def test_whole_seeds_within_a_time_limit_are_dealt_as_the_runner_deals_them():
                                             "  (2 of 3 seeds, projected 0.7 min)")
     assert "--first-seeds" not in cost.fit(70 / 60, workers=2)  # every seed fits: the plain command
     assert cost.fit(0.25, workers=2).startswith("not one whole seed fits 0.25 min on 2 workers")
+    # on a GPU the workers share it: the command says so
+    on_gpu = StudyCost("s", "cuda:0", cost.sizes, cost.rows)
+    assert "ablate run s --workers-per-gpu 2 --first-seeds 2" in on_gpu.fit(45 / 60, workers=2)
 
 
 def test_bench_study_cli_and_its_errors(tmp_path, capsys):
@@ -245,3 +248,32 @@ def test_doctor_on_cpu_end_to_end(tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     steps = {s["name"]: s for s in json.loads((tmp_path / "doctor.json").read_text())}
     assert steps["study"]["data"]["records"] == 6 and steps["analysis"]["data"]["device"] == "cpu"
+
+
+def test_doctor_cost_step_gives_the_wall_time_on_its_workers(tmp_path, monkeypatch):
+    import contextlib
+
+    import torch
+
+    import resmasknet.bench as bench
+    from ablate.doctor import FER_SIZES, step_cost
+
+    asked = []
+
+    def fake_bench(model, *, batch_size, **kw):
+        return {"train_img_s": 100.0, "eval_img_s": 1000.0, "bf16": False}
+
+    monkeypatch.setattr(bench, "bench_model", fake_bench)
+    monkeypatch.setattr(bench, "other_workers", lambda net, n, **kw: asked.append(n) or contextlib.nullcontext())
+    step = step_cost(torch.device("cpu"), tmp_path, studies=(("crn_effect", None, 2),))
+    study = load_study("crn_effect")
+    tcfg = TrainConfig(**study.train)
+    # every variant has the same rates, so each cell takes the same time; by hand from the recipe and FER2013's
+    # splits, dealt seed by seed to 2 workers: ceil(cells / 2) cells end to end
+    cell = cell_seconds(tcfg, FER_SIZES, 100.0, 1000.0, study.tta)
+    cells = len(study.variants) * len(study.seeds)
+    wall = -(-cells // 2) * cell
+    assert asked and set(asked) == {1}  # measured beside one other worker
+    assert step.data["crn_effect"]["wall_s"] == pytest.approx(wall)
+    assert f"crn_effect {wall / 60:.1f} min on 2 workers" == step.detail
+    assert (tmp_path / "cost-crn_effect.txt").read_text().count("beside 1 other training worker") == 1
