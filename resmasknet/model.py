@@ -345,7 +345,8 @@ def count_macs(model: ResMaskNet, batch: int = 1) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     cfg = model.config
-    x = torch.zeros(batch, cfg.in_chans, cfg.input_size, cfg.input_size)
+    device = next(model.parameters()).device  # where the model lives: a trained one may be on a GPU
+    x = torch.zeros(batch, cfg.in_chans, cfg.input_size, cfg.input_size, device=device)
     was_training = model.training
     model.eval()
     try:

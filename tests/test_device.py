@@ -134,3 +134,11 @@ def test_mask_taps_on_device_match_plain_cpu(device, faces):
     for name, r in ref.items():  # masks are sigmoid outputs in [0, 1]; features scale with the input
         g = got[name].float().cpu()
         assert torch.allclose(g, r, atol=_tol(device) * max(1.0, r.abs().max().item()), rtol=0), name
+
+
+def test_macs_counted_on_device_as_on_cpu(device):
+    from resmasknet import count_macs
+
+    model = create_model("resmasknet_tiny", seed=0)
+    # a study's trial counts the MACs of its trained model where training left it
+    assert count_macs(copy.deepcopy(model).to(device)) == count_macs(model)

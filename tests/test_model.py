@@ -203,3 +203,11 @@ def test_override_precedence_most_specific_wins():
 def test_flop_count_matches_the_paper_network():
     # about 21.9 GMACs at 224 (DESIGN.md)
     assert round(resmasknet.count_macs(create_model("resmasknet_paper")) / 1e9, 1) == 21.9
+
+
+def test_macs_are_counted_where_the_model_lives():
+    # a trained model may sit on a GPU; the meta device (no data, any placement but the CPU) stands in for it
+    # here: the count must be the CPU one, not an error from a CPU input meeting weights elsewhere
+    model = create_model("resmasknet_tiny", seed=0)
+    on_cpu = resmasknet.count_macs(model)
+    assert on_cpu > 0 and resmasknet.count_macs(model.to("meta")) == on_cpu
