@@ -183,14 +183,23 @@ class EpochStats:
     cut_short: str = ""  # why the epoch ended early (budget_schedule), or ""
 
 
+CHECK_EVERY_GPU = 25  # losses checked for finiteness together on a GPU (each check waits for the device)
+
+
+def _check_every(dev: torch.device) -> int:
+    return 1 if dev.type == "cpu" else CHECK_EVERY_GPU
+
+
 def train_one_epoch(model: ResMaskNet, opt: torch.optim.Optimizer, images: Tensor, labels: Tensor,
                     soft: Tensor | None, cfg: TrainConfig, *, epoch: int, n_batches: int,
                     data_gen: torch.Generator, aug_gen: torch.Generator, amp: bool, lr: BatchSchedule,
                     clock: RunClock, progress: bool = True) -> EpochStats:
     """One epoch over `images`/`labels` (device tensors) in the order `data_gen` draws.
 
-    Raises _Diverged at the first non-finite loss (before its update) and _OutOfTime when max_minutes runs out
-    mid-epoch (without budget_schedule); with budget_schedule the epoch ends early, marked `cut_short`."""
+    Raises _Diverged at the first non-finite loss and _OutOfTime when max_minutes runs out mid-epoch (without
+    budget_schedule); with budget_schedule the epoch ends early, marked `cut_short`. On a CPU every loss is
+    checked before its update; on a GPU, where a check waits for the device, losses are checked CHECK_EVERY_GPU
+    batches at a time and at every exit from the epoch, so a diverged run is never recorded as an epoch."""
     from tqdm.auto import tqdm
 
     dev = images.device
@@ -201,12 +210,24 @@ def train_one_epoch(model: ResMaskNet, opt: torch.optim.Optimizer, images: Tenso
     correct = torch.zeros((), device=dev, dtype=torch.int64)
     seen, cut_short, bs = 0, "", cfg.batch_size
     pending: list[Tensor] = []
-    check_every = 1 if dev.type == "cpu" else 25  # a finiteness check syncs the GPU: batch them there
+    check_every = _check_every(dev)
+
+    def check(b: int) -> None:  # pending holds the losses of batches b - len(pending) + 1 .. b
+        finite = torch.isfinite(torch.stack(pending))
+        if not bool(finite.all()):
+            first = int((~finite).nonzero()[0])
+            bad_b = b - len(pending) + 1 + first
+            raise _Diverged(f"loss is {float(pending[first]):g} at epoch {epoch}, batch {bad_b + 1}"
+                            f"/{n_batches} (lr {opt.param_groups[0]['lr']:.3g}); training stopped")
+        pending.clear()
+
     bar = tqdm(total=n_batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress)
     try:
         for b in range(n_batches):
             cut_short = lr.before_batch(opt, b, n_batches)
             if cut_short:
+                if pending:
+                    check(b - 1)
                 break
             idx = perm[b * bs:(b + 1) * bs]
             y = labels[idx]
@@ -216,13 +237,7 @@ def train_one_epoch(model: ResMaskNet, opt: torch.optim.Optimizer, images: Tenso
             loss = _loss(logits.float(), y, soft[idx] if soft is not None else None, cfg.label_smoothing)
             pending.append(loss.detach())
             if len(pending) >= check_every or b == n_batches - 1:
-                finite = torch.isfinite(torch.stack(pending))
-                if not bool(finite.all()):
-                    first = int((~finite).nonzero()[0])
-                    bad_b = b - len(pending) + 1 + first
-                    raise _Diverged(f"loss is {float(pending[first]):g} at epoch {epoch}, batch {bad_b + 1}"
-                                    f"/{n_batches} (lr {opt.param_groups[0]['lr']:.3g}); training stopped")
-                pending.clear()
+                check(b)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip is not None:
@@ -236,6 +251,8 @@ def train_one_epoch(model: ResMaskNet, opt: torch.optim.Optimizer, images: Tenso
             if progress and (dev.type == "cpu" or b % 25 == 0):
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
             if not cfg.budget_schedule and clock() > lr.budget_s:
+                if pending:
+                    check(b)
                 raise _OutOfTime(f"max_minutes={cfg.max_minutes} reached during epoch {epoch} "
                                  f"(batch {b + 1}/{n_batches}); that epoch is discarded")
     finally:

@@ -237,6 +237,33 @@ def test_nan_loss_stops_with_diverged_status(data, tmp_path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+@pytest.mark.parametrize("budget_schedule", [False, True])
+def test_losses_checked_in_batches_still_stop_a_run_that_ends_its_epoch_early(data, tmp_path, monkeypatch,
+                                                                               budget_schedule):
+    """On a GPU the losses are checked 25 batches at a time; an epoch that ends before its next check (out of
+    time, or cut short by the budget schedule) must still be stopped as diverged, not recorded."""
+    import importlib
+
+    train_mod = importlib.import_module("resmasknet.train")  # the module (the package exports a function `train`)
+    monkeypatch.setattr(train_mod, "_check_every", lambda dev: 25)  # the GPU's batching, on the CPU
+    model = tiny_model()
+    calls = {"n": 0}
+
+    def poison(module, inputs, output):
+        if module.training:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                return output * float("nan")
+        return output
+
+    model.fc.register_forward_hook(poison)
+    # a zero time budget ends the first epoch after its first batch: by _OutOfTime, or cut short by the schedule
+    res = train(model, data, TINY.replace(max_minutes=0.0, budget_schedule=budget_schedule), out_dir=tmp_path,
+                progress=False)
+    assert res.status == "diverged" and "epoch 1" in res.message and "batch 1/3" in res.message
+    assert res.epochs == 0 and not (tmp_path / "best.pt").exists()
+
+
 def test_huge_learning_rate_diverges(data, tmp_path):
     res = train(tiny_model(), data, TINY.replace(lr=1e12, scheduler="none", optimizer="sgd", momentum=0.0,
                                                  epochs=3, max_train_batches=4),
