@@ -162,6 +162,8 @@ def bench_model(model: str | ResMaskNet, *, batch_size: int = 32, device: str | 
         raise ValueError(f"rounds={rounds} must be >= 1")
     dev = resolve_device(device)
     name = model if isinstance(model, str) else "custom"
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as training runs (resmasknet.train)
     net = create_model(model, **(overrides or {})) if isinstance(model, str) else model
     cfg = net.config
     gen = torch.Generator().manual_seed(0)
@@ -372,6 +374,8 @@ def _companion_main(argv: Sequence[str]) -> None:
     parent = os.getppid()
     torch.set_num_threads(int(threads))
     dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as training runs (resmasknet.train)
     net = ResMaskNet(NetConfig.from_json(config), seed=0).to(dev).to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(0)
     faces = torch.randint(0, 256, (int(batch_size), 48, 48), dtype=torch.uint8, generator=gen).to(dev)

@@ -54,6 +54,8 @@ def bench_modes(models: Sequence[str], *, device: str | torch.device | None = No
         raise ValueError(f"unknown mode(s) {unknown}; modes: {', '.join(MODES)}")
     modes = ["fp32", *[m for m in modes if m != "fp32"]]  # the reference first
     dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as training runs (resmasknet.train)
     bf16_ok, bf16_why = _bf16_ok(dev)
     timing = {"warmup": warmup, "steps": steps, "seconds": seconds}
     rows: list[dict[str, Any]] = []
