@@ -60,7 +60,10 @@ def random_affine(x: Tensor, generator: torch.Generator, *, flip_p: float = 0.5,
     b, c, h, w = x.shape
     flip, angle = params if params is not None else random_affine_params(
         b, generator, flip_p=flip_p, max_degrees=max_degrees)
-    theta = _theta(flip, angle).to(device=x.device, dtype=torch.float32)
+    theta = _theta(flip, angle).float()
+    # on a GPU, pinned + non_blocking: the copy queues behind the GPU's work instead of the host waiting for it
+    on_gpu = x.device.type == "cuda"
+    theta = theta.pin_memory().to(x.device, non_blocking=True) if on_gpu else theta.to(x.device)
     # in_chans=3 inputs are one grey channel expanded: warp that channel alone (a third of the work)
     src = x[:, :1] if c > 1 and x.stride(1) == 0 else x
     grid = F.affine_grid(theta, [b, src.shape[1], h, w], align_corners=False)
