@@ -216,18 +216,23 @@ def test_resume_after_interruption_matches_uninterrupted_run(data, tmp_path):
         train(tiny_model(), data, TINY.replace(lr=0.5), out_dir=tmp_path / "part", progress=False)
 
 
-def test_nan_loss_stops_with_diverged_status(data, tmp_path):
-    model = tiny_model()
+def poisoned_at(model, batch: int):
+    """`model` whose classifier output turns NaN at the given training batch (1-based), and only there."""
     calls = {"n": 0}
 
     def poison(module, inputs, output):
         if module.training:
             calls["n"] += 1
-            if calls["n"] == 2:
+            if calls["n"] == batch:
                 return output * float("nan")
         return output
 
     model.fc.register_forward_hook(poison)
+    return model
+
+
+def test_nan_loss_stops_with_diverged_status(data, tmp_path):
+    model = poisoned_at(tiny_model(), batch=2)
     res = train(model, data, TINY, out_dir=tmp_path, progress=False)
     # a NaN loss at the second batch stops the run; the message names the epoch and the batch
     assert res.status == "diverged"
@@ -246,17 +251,7 @@ def test_losses_checked_in_batches_still_stop_a_run_that_ends_its_epoch_early(da
 
     train_mod = importlib.import_module("resmasknet.train")  # the module (the package exports a function `train`)
     monkeypatch.setattr(train_mod, "_check_every", lambda dev: 25)  # the GPU's batching, on the CPU
-    model = tiny_model()
-    calls = {"n": 0}
-
-    def poison(module, inputs, output):
-        if module.training:
-            calls["n"] += 1
-            if calls["n"] == 1:
-                return output * float("nan")
-        return output
-
-    model.fc.register_forward_hook(poison)
+    model = poisoned_at(tiny_model(), batch=1)
     # a zero time budget ends the first epoch after its first batch: by _OutOfTime, or cut short by the schedule
     res = train(model, data, TINY.replace(max_minutes=0.0, budget_schedule=budget_schedule), out_dir=tmp_path,
                 progress=False)
