@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["BF16_CPU_FLAGS", "StorageError", "atomic_dir", "atomic_write", "atomic_write_json", "atomic_write_text",
-           "configure_threads", "cpu_bf16_support", "cpu_flags", "cpu_has_bf16", "describe_device", "resolve_device",
-           "storage_error"]
+           "busy_machine_note", "configure_threads", "cpu_bf16_support", "cpu_flags", "cpu_has_bf16",
+           "describe_device", "others_busy_cores", "resolve_device", "storage_error"]
 
 log = logging.getLogger(__name__)
 
@@ -243,3 +243,57 @@ def configure_threads() -> str:
                     "process's OpenMP threads still spin-wait (only child processes get PASSIVE); call it "
                     "before importing torch")
     return "PASSIVE"
+
+
+PROC_STAT = "/proc/stat"
+
+
+def _cpu_busy_seconds(stat: str | os.PathLike) -> float | None:
+    """Seconds all CPUs have spent not idle since boot (the aggregate `cpu` line of /proc/stat), or None."""
+    try:
+        with open(stat) as f:
+            fields = f.readline().split()
+        ticks = [int(v) for v in fields[1:]]
+    except (OSError, ValueError):
+        return None
+    if not fields or fields[0] != "cpu" or len(ticks) < 5:
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice: already inside user and nice]
+    busy = sum(ticks[:8]) - ticks[3] - ticks[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def others_busy_cores(seconds: float = 0.3, stat: str | os.PathLike = PROC_STAT) -> float | None:
+    """How many cores other processes keep busy, measured over `seconds`: all CPUs' busy time (from
+    /proc/stat) less this process's own CPU time, over the wall time. About 1.0 when another program spins on
+    one core; None where /proc/stat cannot be read (not Linux)."""
+    b0, own0, t0 = _cpu_busy_seconds(stat), time.process_time(), time.perf_counter()
+    if b0 is None:
+        return None
+    time.sleep(seconds)
+    b1, own1, t1 = _cpu_busy_seconds(stat), time.process_time(), time.perf_counter()
+    if b1 is None:
+        return None
+    return max(0.0, (b1 - b0) - (own1 - own0)) / (t1 - t0)
+
+
+def busy_machine_note(command: str, threads: int, timing: bool = False, seconds: float = 0.3) -> str | None:
+    """One line for `command`, about to train (or, with `timing`, to benchmark) on `threads` CPU threads, when
+    other processes keep half a core or more busy; None when they do not, or where it cannot be measured.
+
+    A benchmark taken now is not the idle machine's. Training on several threads waits at every parallel
+    region for the thread that shares a busy core (README, "Training and evaluation"), so one thread can be
+    faster; one thread is slowed only when no core is left free for it."""
+    others = others_busy_cores(seconds)
+    if others is None or others < 0.5:
+        return None
+    cores = os.cpu_count() or 1
+    if timing:
+        advice = "what is measured now is not the idle machine's speed"
+    elif threads > 1:
+        advice = f"`ablate bench --contended --threads 1 {threads}` says whether --threads 1 trains faster here"
+    elif others > cores - 0.5:
+        advice = "this run shares its core with them and trains slower"
+    else:
+        return None
+    return f"{command}: other processes keep about {others:.1f} of {cores} cores busy; {advice}"

@@ -122,3 +122,82 @@ def test_package_exports_the_entry_points():
     assert {"train", "evaluate", "load_data", "FaceData"} <= set(resmasknet.__all__)
     # every name in __all__ resolves
     assert all(getattr(resmasknet, name) is not None for name in resmasknet.__all__)
+
+
+# ---- a busy machine -------------------------------------------------------------------------------------
+
+
+def test_cpu_busy_seconds_reads_proc_stat_by_hand(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 5 20 1000 50 3 2 10 7 0\ncpu0 50 2 10 500 25 1 1 5 3 0\nintr 1 2 3\n")
+    # busy = user + nice + system + irq + softirq + steal = 140 ticks; idle and iowait are not busy, and guest
+    # time is already inside user
+    assert runtime._cpu_busy_seconds(stat) == pytest.approx(140 / os.sysconf("SC_CLK_TCK"))
+    stat.write_text("intr 1 2 3\n")
+    assert runtime._cpu_busy_seconds(stat) is None
+    assert runtime.others_busy_cores(0.01, stat=tmp_path / "missing") is None
+
+
+def test_others_busy_cores_leaves_out_this_process(monkeypatch):
+    from types import SimpleNamespace
+
+    busy = iter([10.0, 11.5])  # all CPUs: 1.5 busy seconds over the interval
+    fake = SimpleNamespace(sleep=lambda s: None, process_time=iter([2.0, 2.4]).__next__,
+                           perf_counter=iter([0.0, 1.0]).__next__)
+    monkeypatch.setattr(runtime, "_cpu_busy_seconds", lambda stat: next(busy))
+    monkeypatch.setattr(runtime, "time", fake)
+    # 0.4 of them were this process's own: the others kept (1.5 - 0.4) / 1.0 s = 1.1 cores busy
+    assert runtime.others_busy_cores(1.0) == pytest.approx(1.1)
+
+
+def test_others_busy_cores_sees_a_process_spinning_on_a_core():
+    if runtime._cpu_busy_seconds(runtime.PROC_STAT) is None:
+        pytest.skip("no /proc/stat here")
+    code = "import time\nend = time.time() + 30\nwhile time.time() < end:\n    pass\n"
+    spinner = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        runtime.time.sleep(0.3)  # past the interpreter's start
+        others = runtime.others_busy_cores(1.0)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    # the spinner had most of a core (it competes with nothing heavy in a test run), this sleeping process none
+    assert others is not None and others >= 0.7
+
+
+@pytest.mark.parametrize(("others", "threads", "timing", "expected"), [
+    (None, 2, False, None),                         # not measurable (no /proc/stat)
+    (0.3, 2, True, None),                           # a quiet machine: nothing to say
+    (1.0, 2, False, "--threads 1 2` says whether --threads 1 trains faster"),
+    (1.0, 1, False, None),                          # one thread still has a free core
+    (1.8, 1, False, "shares its core with them"),   # it does not
+    (1.0, 1, True, "not the idle machine's speed"),
+])
+def test_busy_machine_note(monkeypatch, others, threads, timing, expected):
+    monkeypatch.setattr(runtime, "others_busy_cores", lambda seconds=0.3: others)
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
+    note = runtime.busy_machine_note("ablate x", threads, timing=timing)
+    if expected is None:
+        assert note is None
+    else:
+        assert note.startswith(f"ablate x: other processes keep about {others:.1f} of 2 cores busy; ")
+        assert expected in note and "\n" not in note
+
+
+def test_train_and_bench_say_when_the_machine_is_busy(monkeypatch, tmp_path, capsys):
+    import torch
+
+    from ablate.cli import main
+
+    monkeypatch.setattr(runtime, "others_busy_cores", lambda seconds=0.3: 1.0)
+    before = torch.get_num_threads()
+    try:
+        rc = main(["train", "--model", "resmasknet_tiny", "--data", "generated:n=70,seed=0", "--out",
+                   str(tmp_path / "run"), "--epochs", "1", "--batch-size", "8", "--max-train-batches", "1",
+                   "--no-progress", "--device", "cpu", "--threads", "2"])
+    finally:
+        torch.set_num_threads(before)
+    assert rc == 0 and "ablate train: other processes keep about 1.0 of" in capsys.readouterr().err
+    rc = main(["bench", "--model", "resmasknet_tiny", "--batch-size", "4", "--steps", "1", "--warmup", "1",
+               "--rounds", "1", "--seconds", "0.1", "--device", "cpu", "--no-plain", "--threads", "1"])
+    assert rc == 0 and "ablate bench: other processes keep about 1.0 of" in capsys.readouterr().err

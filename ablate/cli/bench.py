@@ -72,6 +72,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     torch.set_num_threads(threads[0])
     dev = resolve_device(args.device)
+    if dev.type == "cpu":
+        from resmasknet.runtime import busy_machine_note
+
+        note = busy_machine_note("ablate bench", threads[0], timing=True)
+        if note:
+            print(note, file=sys.stderr, flush=True)
     if args.study:
         return _study_cost(args, dev)
     overrides = _parse_sets(args.set)
