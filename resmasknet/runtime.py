@@ -277,23 +277,29 @@ def others_busy_cores(seconds: float = 0.3, stat: str | os.PathLike = PROC_STAT)
     return max(0.0, (b1 - b0) - (own1 - own0)) / (t1 - t0)
 
 
-def busy_machine_note(command: str, threads: int, timing: bool = False, seconds: float = 0.3) -> str | None:
-    """One line for `command`, about to train (or, with `timing`, to benchmark) on `threads` CPU threads, when
-    other processes keep half a core or more busy; None when they do not, or where it cannot be measured.
+def busy_machine_note(command: str, threads: int, purpose: str = "train", seconds: float = 0.3) -> str | None:
+    """One line for `command`, about to train (`purpose` "train"), benchmark ("bench") or run a study's cells
+    ("study") on `threads` CPU threads (each), when other processes keep half a core or more busy; None when
+    they do not, or where it cannot be measured.
 
-    A benchmark taken now is not the idle machine's. Training on several threads waits at every parallel
-    region for the thread that shares a busy core (README, "Training and evaluation"), so one thread can be
-    faster; one thread is slowed only when no core is left free for it."""
+    A benchmark taken now is not the idle machine's, and a study's cells take longer than its projection.
+    Training on several threads waits at every parallel region for the thread that shares a busy core
+    (README, "Training and evaluation"), so one thread can be faster; one thread is slowed only when no core
+    is left free for it."""
+    advice = {"bench": "what is measured now is not the idle machine's speed",
+              "study": "its cells will train slower than `ablate bench --study` projects"}
+    if purpose not in (*advice, "train"):
+        raise ValueError(f"purpose={purpose!r}: one of train, bench, study")
     others = others_busy_cores(seconds)
     if others is None or others < 0.5:
         return None
     cores = os.cpu_count() or 1
-    if timing:
-        advice = "what is measured now is not the idle machine's speed"
-    elif threads > 1:
-        advice = f"`ablate bench --contended --threads 1 {threads}` says whether --threads 1 trains faster here"
-    elif others > cores - 0.5:
-        advice = "this run shares its core with them and trains slower"
-    else:
-        return None
-    return f"{command}: other processes keep about {others:.1f} of {cores} cores busy; {advice}"
+    if purpose == "train":
+        if threads > 1:
+            advice["train"] = (f"`ablate bench --contended --threads 1 {threads}` says whether --threads 1 trains "
+                               f"faster here")
+        elif others > cores - 0.5:
+            advice["train"] = "this run shares its core with them and trains slower"
+        else:
+            return None
+    return f"{command}: other processes keep about {others:.1f} of {cores} cores busy; {advice[purpose]}"

@@ -10,6 +10,16 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _quiet_machine(request, monkeypatch):
+    """Commands measure the machine's load and say when it is busy (`runtime.busy_machine_note`); in tests that
+    line would depend on whatever else runs, so it is off unless a test is marked `machine_load`."""
+    if request.node.get_closest_marker("machine_load") is None:
+        from resmasknet import runtime
+
+        monkeypatch.setattr(runtime, "others_busy_cores", lambda seconds=0.3, stat=None: None)
+
+
 def _find_shared() -> Path:
     """The development data folder: $RESMASKNET_SHARED, else `../shared` beside the checkout."""
     if os.environ.get("RESMASKNET_SHARED"):

@@ -127,6 +127,7 @@ def test_package_exports_the_entry_points():
 # ---- a busy machine -------------------------------------------------------------------------------------
 
 
+@pytest.mark.machine_load
 def test_cpu_busy_seconds_reads_proc_stat_by_hand(tmp_path):
     stat = tmp_path / "stat"
     stat.write_text("cpu  100 5 20 1000 50 3 2 10 7 0\ncpu0 50 2 10 500 25 1 1 5 3 0\nintr 1 2 3\n")
@@ -138,6 +139,7 @@ def test_cpu_busy_seconds_reads_proc_stat_by_hand(tmp_path):
     assert runtime.others_busy_cores(0.01, stat=tmp_path / "missing") is None
 
 
+@pytest.mark.machine_load
 def test_others_busy_cores_leaves_out_this_process(monkeypatch):
     from types import SimpleNamespace
 
@@ -150,6 +152,7 @@ def test_others_busy_cores_leaves_out_this_process(monkeypatch):
     assert runtime.others_busy_cores(1.0) == pytest.approx(1.1)
 
 
+@pytest.mark.machine_load
 def test_others_busy_cores_sees_a_process_spinning_on_a_core():
     if runtime._cpu_busy_seconds(runtime.PROC_STAT) is None:
         pytest.skip("no /proc/stat here")
@@ -165,29 +168,34 @@ def test_others_busy_cores_sees_a_process_spinning_on_a_core():
     assert others is not None and others >= 0.7
 
 
-@pytest.mark.parametrize(("others", "threads", "timing", "expected"), [
-    (None, 2, False, None),                         # not measurable (no /proc/stat)
-    (0.3, 2, True, None),                           # a quiet machine: nothing to say
-    (1.0, 2, False, "--threads 1 2` says whether --threads 1 trains faster"),
-    (1.0, 1, False, None),                          # one thread still has a free core
-    (1.8, 1, False, "shares its core with them"),   # it does not
-    (1.0, 1, True, "not the idle machine's speed"),
+@pytest.mark.parametrize(("others", "threads", "purpose", "expected"), [
+    (None, 2, "train", None),                         # not measurable (no /proc/stat)
+    (0.3, 2, "bench", None),                          # a quiet machine: nothing to say
+    (1.0, 2, "train", "--threads 1 2` says whether --threads 1 trains faster"),
+    (1.0, 1, "train", None),                          # one thread still has a free core
+    (1.8, 1, "train", "shares its core with them"),   # it does not
+    (1.0, 1, "bench", "not the idle machine's speed"),
+    (0.6, 1, "study", "slower than `ablate bench --study` projects"),
 ])
-def test_busy_machine_note(monkeypatch, others, threads, timing, expected):
+def test_busy_machine_note(monkeypatch, others, threads, purpose, expected):
     monkeypatch.setattr(runtime, "others_busy_cores", lambda seconds=0.3: others)
     monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
-    note = runtime.busy_machine_note("ablate x", threads, timing=timing)
+    note = runtime.busy_machine_note("ablate x", threads, purpose)
     if expected is None:
         assert note is None
     else:
         assert note.startswith(f"ablate x: other processes keep about {others:.1f} of 2 cores busy; ")
         assert expected in note and "\n" not in note
+    with pytest.raises(ValueError, match="purpose='eval'"):
+        runtime.busy_machine_note("ablate x", 1, "eval")
 
 
 def test_train_and_bench_say_when_the_machine_is_busy(monkeypatch, tmp_path, capsys):
     import torch
+    import yaml
 
     from ablate.cli import main
+    from conftest import tiny_grid_study
 
     monkeypatch.setattr(runtime, "others_busy_cores", lambda seconds=0.3: 1.0)
     before = torch.get_num_threads()
@@ -201,3 +209,7 @@ def test_train_and_bench_say_when_the_machine_is_busy(monkeypatch, tmp_path, cap
     rc = main(["bench", "--model", "resmasknet_tiny", "--batch-size", "4", "--steps", "1", "--warmup", "1",
                "--rounds", "1", "--seconds", "0.1", "--device", "cpu", "--no-plain", "--threads", "1"])
     assert rc == 0 and "ablate bench: other processes keep about 1.0 of" in capsys.readouterr().err
+    study = tmp_path / "busy.yaml"
+    study.write_text(yaml.safe_dump({**tiny_grid_study("busy"), "seeds": [0]}))
+    rc = main(["run", str(study), "--out", str(tmp_path / "study"), "--no-progress", "--no-summary"])
+    assert rc == 0 and "ablate run: other processes keep about 1.0 of" in capsys.readouterr().err

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if dev.type == "cpu":
         from resmasknet.runtime import busy_machine_note
 
-        note = busy_machine_note("ablate bench", threads[0], timing=True)
+        note = busy_machine_note("ablate bench", threads[0], "bench")
         if note:
             print(note, file=sys.stderr, flush=True)
     if args.study:

@@ -155,6 +155,12 @@ def cmd_run(args: argparse.Namespace) -> int:
           + f"\n  output   {session.paths.root}\n  optuna   {session.storage_url}\n  mlflow   {session.tracking_uri}")
     workers_per_gpu = getattr(args, "workers_per_gpu", None)
     prepare(session, retry_failed=getattr(args, "retry_failed", False))
+    if session.device == "cpu" and args.workers > 0:
+        from resmasknet.runtime import busy_machine_note
+
+        note = busy_machine_note("ablate run", 1, "study")
+        if note:
+            print(note, file=sys.stderr, flush=True)
     if args.workers == 0 and not workers_per_gpu:
         print(f"study prepared; add workers with: ablate worker {args.study} --storage {session.storage_url} "
               f"--tracking-uri {session.tracking_uri}")
