@@ -193,9 +193,9 @@ def test_busy_machine_note(monkeypatch, others, threads, purpose, expected):
 def test_train_and_bench_say_when_the_machine_is_busy(monkeypatch, tmp_path, capsys):
     import torch
     import yaml
+    from conftest import tiny_grid_study
 
     from ablate.cli import main
-    from conftest import tiny_grid_study
 
     monkeypatch.setattr(runtime, "others_busy_cores", lambda seconds=0.3: 1.0)
     before = torch.get_num_threads()
