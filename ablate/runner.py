@@ -358,14 +358,20 @@ def make_pruner(study: Study) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+def claim(storage: optuna.storages.BaseStorage, trial_id: int) -> None:
+    """Write this worker's host and pid into a trial it has just popped, first of all: a trial whose process is
+    gone is then failed at once by the next `maintain` (`is_stale`), not after the heartbeat's grace."""
+    storage.set_trial_user_attr(trial_id, "host", socket.gethostname())
+    storage.set_trial_user_attr(trial_id, "pid", os.getpid())
+
+
 class Heartbeat:
     """Writes host, pid and a timestamp into the running trial until stopped."""
 
     def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int, interval: float = HEARTBEAT_S):
         self.storage, self.trial_id, self.interval = storage, trial_id, interval
         self._stop = threading.Event()
-        storage.set_trial_user_attr(trial_id, "host", socket.gethostname())
-        storage.set_trial_user_attr(trial_id, "pid", os.getpid())
+        claim(storage, trial_id)
         self.beat()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -474,6 +480,7 @@ def work(session: Session, max_trials: int | None = None, backoff: Backoff | Non
                 if len(active) >= int(session.study.search["n_trials"]):
                     break
             trial = ostudy.ask()
+            claim(ostudy._storage, trial._trial_id)
             if session.study.mode == "grid" and cell_of(ostudy._storage.get_trial(trial._trial_id)) is None:
                 # the queue emptied between our look and our ask: give the fresh trial back
                 ostudy._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "queue empty")

@@ -207,3 +207,31 @@ def test_first_seeds_is_refused_for_a_search(tmp_path, capsys):
     assert main(["run", "search_masks", "--tiny", "--out", str(tmp_path / "out"), "--first-seeds", "1",
                  "--no-progress"]) == 2
     assert "--first-seeds applies to grid studies" in capsys.readouterr().err
+
+
+def test_a_popped_trial_names_its_process_before_it_runs(tmp_path, monkeypatch):
+    """A worker killed right after popping a trial must leave a trial that the next run fails at once (its pid is
+    gone), not one that looks alive until the heartbeat's grace has passed."""
+    import socket
+
+    from ablate.runner import is_stale, prepare, work
+
+    s = session(write_study(tmp_path), tmp_path / "out")
+    prepare(s)
+    seen: dict = {}
+
+    def killed_on_entry(session, ostudy, trial, tracker):
+        seen.update(ostudy._storage.get_trial(trial._trial_id).user_attrs)
+        raise KeyboardInterrupt  # the process dies before the trial does anything
+
+    monkeypatch.setattr("ablate.trial.run_trial", killed_on_entry)
+    with pytest.raises(KeyboardInterrupt):
+        work(s, max_trials=1)
+    # host and pid were written before the trial ran anything
+    assert seen.get("pid") == os.getpid() and seen.get("host") == socket.gethostname()
+    running = [t for t in load_optuna_study(s).get_trials() if t.state.name == "RUNNING"]
+    assert len(running) == 1 and not is_stale(running[0])  # this process is alive
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    running[0].user_attrs["pid"] = gone.pid  # the same trial, owned by a process that has exited
+    assert is_stale(running[0])
