@@ -366,12 +366,11 @@ def claim(storage: optuna.storages.BaseStorage, trial_id: int) -> None:
 
 
 class Heartbeat:
-    """Writes host, pid and a timestamp into the running trial until stopped."""
+    """Writes a timestamp into the running trial until stopped (its host and pid: `claim`, when it is popped)."""
 
     def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int, interval: float = HEARTBEAT_S):
         self.storage, self.trial_id, self.interval = storage, trial_id, interval
         self._stop = threading.Event()
-        claim(storage, trial_id)
         self.beat()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()

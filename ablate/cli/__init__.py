@@ -46,6 +46,15 @@ class _Stderr(logging.StreamHandler):
         pass
 
 
+def say_if_busy(command: str, threads: int, purpose: str) -> None:
+    """Print `runtime.busy_machine_note`'s one line to stderr when other processes keep a core busy."""
+    from resmasknet.runtime import busy_machine_note
+
+    note = busy_machine_note(command, threads, purpose)
+    if note:
+        print(note, file=sys.stderr, flush=True)
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Library code logs; the CLI shows `ablate` and `resmasknet` messages (INFO and up) on stderr."""
     for name in ("ablate", "resmasknet"):

@@ -73,11 +73,9 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(threads[0])
     dev = resolve_device(args.device)
     if dev.type == "cpu":
-        from resmasknet.runtime import busy_machine_note
+        from ablate.cli import say_if_busy
 
-        note = busy_machine_note("ablate bench", threads[0], "bench")
-        if note:
-            print(note, file=sys.stderr, flush=True)
+        say_if_busy("ablate bench", threads[0], "bench")
     if args.study:
         return _study_cost(args, dev)
     overrides = _parse_sets(args.set)

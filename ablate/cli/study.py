@@ -156,11 +156,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     workers_per_gpu = getattr(args, "workers_per_gpu", None)
     prepare(session, retry_failed=getattr(args, "retry_failed", False))
     if session.device == "cpu" and args.workers > 0:
-        from resmasknet.runtime import busy_machine_note
+        from ablate.cli import say_if_busy
 
-        note = busy_machine_note("ablate run", 1, "study")
-        if note:
-            print(note, file=sys.stderr, flush=True)
+        say_if_busy("ablate run", 1, "study")
     if args.workers == 0 and not workers_per_gpu:
         print(f"study prepared; add workers with: ablate worker {args.study} --storage {session.storage_url} "
               f"--tracking-uri {session.tracking_uri}")

@@ -125,12 +125,11 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from resmasknet.runtime import busy_machine_note, resolve_device
+    from ablate.cli import say_if_busy
+    from resmasknet.runtime import resolve_device
 
     if resolve_device(args.device).type == "cpu":
-        note = busy_machine_note("ablate train", torch.get_num_threads())
-        if note:
-            print(note, file=sys.stderr, flush=True)
+        say_if_busy("ablate train", torch.get_num_threads(), "train")
     res = train(model, data, cfg, out_dir=out, callback=log, resume=args.resume, device=args.device,
                 progress=not args.no_progress)
     fp32_note = "  (--bf16-cpu asked for; trained in fp32: no bf16 units)" if cfg.cpu_bf16 and not res.bf16 else ""
