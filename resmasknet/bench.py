@@ -45,8 +45,8 @@ from resmasknet.augment import augment_batch
 from resmasknet.model import ResMaskNet, count_parameters
 from resmasknet.runtime import cpu_bf16_support, resolve_device
 
-__all__ = ["BusyProcess", "bench", "bench_contended", "bench_model", "busy_core", "format_contended", "format_table",
-           "text_table"]
+__all__ = ["BusyProcess", "WorkerTeam", "bench", "bench_contended", "bench_model", "busy_core", "format_contended",
+           "format_table", "other_workers", "text_table", "worker_team"]
 
 log = logging.getLogger(__name__)
 
@@ -366,12 +366,11 @@ _companion_main(sys.argv[1:])
 """
 
 
-def _companion_main(argv: Sequence[str]) -> None:
-    """A companion's body: train on a fixed random batch until its parent is gone (or it is killed)."""
+def _build_companion(argv: Sequence[str]) -> Callable[[], None]:
+    """A companion's training step, built from its command line: config, batch size, device, amp, threads."""
     from resmasknet.config import NetConfig
 
     config, batch_size, device, amp, threads = argv
-    parent = os.getppid()
     torch.set_num_threads(int(threads))
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -381,11 +380,82 @@ def _companion_main(argv: Sequence[str]) -> None:
     faces = torch.randint(0, 256, (int(batch_size), 48, 48), dtype=torch.uint8, generator=gen).to(dev)
     labels = torch.randint(0, net.config.num_classes, (int(batch_size),), generator=gen).to(dev)
     step = _train_step(net, net.prepare_input(faces), labels, amp=amp == "1")
+    if dev.type != "cuda":
+        return step
+
+    def synced() -> None:  # a timed window must end when the GPU's work does
+        step()
+        torch.cuda.synchronize(dev)
+
+    return synced
+
+
+def _companion_main(argv: Sequence[str]) -> None:
+    """A companion's body: train on a fixed random batch until its parent is gone (or it is killed)."""
+    parent = os.getppid()
+    step = _build_companion(argv)
     step()
     sys.stdout.write("training\n")
     sys.stdout.flush()
     while os.getppid() == parent:
         step()
+
+
+def _timed_companion_main(argv: Sequence[str]) -> None:
+    """A measured companion: warm up, say "ready", then for each "go SECONDS" line on stdin train for that
+    window (at least one step) and answer "STEPS ELAPSED" (seconds to the last step that finished); stops at
+    "stop", at the end of its input, or when its parent is gone."""
+    warmup, rest = int(argv[0]), argv[1:]
+    step = _build_companion(rest)
+    for _ in range(max(1, warmup)):
+        step()
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    for line in sys.stdin:
+        word, _, arg = line.strip().partition(" ")
+        if word != "go":
+            break
+        t0 = time.perf_counter()
+        deadline, n, last = t0 + float(arg), 0, t0
+        while True:  # every companion trains through the whole window, so each is measured beside the others
+            step()
+            n, last = n + 1, time.perf_counter()
+            if last >= deadline:
+                break
+        sys.stdout.write(f"{n} {last - t0}\n")
+        sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def _companions(code: str, args: Sequence[str], n: int, threads: int, token: str,
+                stdin: int | None = subprocess.DEVNULL) -> Iterator[list[subprocess.Popen]]:
+    """Start `n` processes running `code` with `args` (`threads` OpenMP threads each) and wait until each
+    has printed `token`; they are killed on exit."""
+    cmd = [sys.executable, "-c", code, *args]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    procs: list[subprocess.Popen] = []
+    try:
+        for _ in range(n):
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=stdin, env=env, text=True))
+        for p in procs:
+            assert p.stdout is not None
+            if p.stdout.readline().strip() != token:
+                raise RuntimeError(f"a companion training process exited with code {p.wait()} before training "
+                                   f"(its error is above)")
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+            for fh in (p.stdout, p.stdin):
+                if fh is not None:
+                    with contextlib.suppress(OSError):
+                        fh.close()
+
+
+def _companion_args(model: ResMaskNet, batch_size: int, dev: torch.device, amp: bool, threads: int) -> list[str]:
+    return [model.config.to_json(), str(batch_size), str(dev), "1" if amp else "0", str(threads)]
 
 
 @contextlib.contextmanager
@@ -395,38 +465,62 @@ def other_workers(model: ResMaskNet, n: int, *, batch_size: int, device: str | t
     `amp`, `threads` torch threads each, default this process's count) for the duration of the block, as
     the other workers of `ablate run --workers n+1` would; the block starts once all of them train. They are
     killed on exit, and each stops by itself if this process dies."""
-    dev = resolve_device(device)
     threads = threads or torch.get_num_threads()
-    cmd = [sys.executable, "-c", _COMPANION_CODE, model.config.to_json(), str(batch_size), str(dev),
-           "1" if amp else "0", str(threads)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    procs: list[subprocess.Popen] = []
-    try:
-        for _ in range(n):
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env))
-        for p in procs:
-            assert p.stdout is not None
-            if p.stdout.readline().strip() != b"training":
-                raise RuntimeError(f"a companion training process exited with code {p.wait()} before training "
-                                   f"(its error is above)")
+    args = _companion_args(model, batch_size, resolve_device(device), amp, threads)
+    with _companions(_COMPANION_CODE, args, n, threads, "training") as procs:
         yield procs
-    finally:
-        for p in procs:
-            p.kill()
-        for p in procs:
-            p.wait()
-            if p.stdout is not None:
-                p.stdout.close()
+
+
+_TIMED_COMPANION_CODE = """\
+import sys
+from resmasknet.bench import _timed_companion_main
+_timed_companion_main(sys.argv[1:])
+"""
+
+
+class WorkerTeam:
+    """`n` training processes measured together, as `ablate run --workers n` runs its trials: `img_s(seconds)`
+    has all of them train through one window and returns the sum of their throughputs."""
+
+    def __init__(self, procs: list[subprocess.Popen], batch_size: int):
+        self.procs, self.batch_size = procs, batch_size
+
+    def img_s(self, seconds: float) -> float:
+        for p in self.procs:
+            assert p.stdin is not None
+            p.stdin.write(f"go {seconds}\n")
+            p.stdin.flush()
+        total = 0.0
+        for p in self.procs:
+            assert p.stdout is not None
+            answer = p.stdout.readline().split()
+            if len(answer) != 2:
+                raise RuntimeError(f"a measured training process exited with code {p.wait()} (its error is above)")
+            total += self.batch_size * int(answer[0]) / float(answer[1])
+        return total
+
+
+@contextlib.contextmanager
+def worker_team(model: ResMaskNet, n: int, *, batch_size: int, device: str | torch.device | None = None,
+                amp: bool = False, threads: int = 1, warmup: int = 2) -> Iterator[WorkerTeam]:
+    """`n` separate training processes (`threads` torch threads each), warmed up and waiting to be measured
+    together (`WorkerTeam.img_s`); killed on exit, and each stops by itself if this process dies."""
+    args = [str(warmup), *_companion_args(model, batch_size, resolve_device(device), amp, threads)]
+    with _companions(_TIMED_COMPANION_CODE, args, n, threads, "ready", stdin=subprocess.PIPE) as procs:
+        yield WorkerTeam(procs, batch_size)
 
 
 def bench_contended(model: str | ResMaskNet, *, batch_size: int = 32, device: str | torch.device | None = None,
                     steps: int = 10, warmup: int = 2, seconds: float = 10.0, rounds: int = 2,
                     cpu_bf16: bool = False, overrides: dict[str, Any] | None = None,
-                    core: int | None = None) -> dict[str, Any]:
+                    core: int | None = None, workers: int = 1) -> dict[str, Any]:
     """Training throughput idle and with one core kept busy by another process, measured in the same run.
 
     Each round measures idle, then contended (a fresh busy process each time), then, with more than one
-    thread, one thread on the idle machine; the best of each counts.
+    thread, one thread on the idle machine; the best of each counts. With `workers` > 1, `workers` separate
+    processes of this process's thread count train at once, as `ablate run --workers N` runs a study's
+    trials, each through the same `seconds`-long window (`steps` does not apply), and the throughputs are
+    their sums (no one-thread measurement then).
     Keys: model, device, batch_size, threads, omp_wait_policy, train_idle_img_s, train_contended_img_s,
     contended_ratio (contended / idle), train_one_thread_img_s and one_thread_ratio (one thread idle, over idle;
     None with one thread or on CUDA), busy_core, busy_cpu_s (CPU seconds the competitor got while training
@@ -435,8 +529,8 @@ def bench_contended(model: str | ResMaskNet, *, batch_size: int = 32, device: st
 
     if batch_size < 2:
         raise ValueError(f"batch_size={batch_size} must be >= 2 (BatchNorm needs two images to train)")
-    if rounds < 1:
-        raise ValueError(f"rounds={rounds} must be >= 1")
+    if rounds < 1 or workers < 1:
+        raise ValueError(f"rounds={rounds} and workers={workers} must be >= 1")
     dev = resolve_device(device)
     net = create_model(model, **(overrides or {})) if isinstance(model, str) else model
     cfg = net.config
@@ -452,27 +546,38 @@ def bench_contended(model: str | ResMaskNet, *, batch_size: int = 32, device: st
     busy_cpu, busy_wall, busy_core_used = 0.0, 0.0, -1
     cpu_known = True
     threads = torch.get_num_threads()
-    for _ in range(rounds):
-        idle = max(idle, batch_size / _timed(step, dev, **timing))
-        if dev.type == "cpu" and threads > 1:
-            torch.set_num_threads(1)
-            try:
-                one_thread = max(one_thread, batch_size / _timed(step, dev, **timing))
-            finally:
-                torch.set_num_threads(threads)
-        with busy_core(core) as busy:
-            busy_core_used = busy.core
-            c0, t0 = busy.cpu_seconds(), time.perf_counter()
-            contended = max(contended, batch_size / _timed(step, dev, **timing))
-            c1 = busy.cpu_seconds()
-            busy_wall += time.perf_counter() - t0
-            if c0 is None or c1 is None:
-                cpu_known = False
-            else:
-                busy_cpu += c1 - c0
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            team = stack.enter_context(worker_team(net, workers, batch_size=batch_size, device=dev, amp=amp,
+                                                   threads=threads, warmup=warmup))
+
+            def measure() -> float:
+                return team.img_s(seconds)
+        else:
+            def measure() -> float:
+                return batch_size / _timed(step, dev, **timing)
+
+        for _ in range(rounds):
+            idle = max(idle, measure())
+            if dev.type == "cpu" and threads > 1 and workers == 1:
+                torch.set_num_threads(1)
+                try:
+                    one_thread = max(one_thread, measure())
+                finally:
+                    torch.set_num_threads(threads)
+            with busy_core(core) as busy:
+                busy_core_used = busy.core
+                c0, t0 = busy.cpu_seconds(), time.perf_counter()
+                contended = max(contended, measure())
+                c1 = busy.cpu_seconds()
+                busy_wall += time.perf_counter() - t0
+                if c0 is None or c1 is None:
+                    cpu_known = False
+                else:
+                    busy_cpu += c1 - c0
     return {
         "model": model if isinstance(model, str) else "custom", "device": str(dev), "batch_size": batch_size,
-        "threads": threads, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
+        "threads": threads, "workers": workers, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
         "bf16": amp, "rounds": rounds,
         "train_idle_img_s": idle, "train_contended_img_s": contended, "contended_ratio": contended / idle,
         "train_one_thread_img_s": one_thread or None, "one_thread_ratio": one_thread / idle if one_thread else None,
@@ -492,8 +597,10 @@ def format_contended(rows: Sequence[dict[str, Any]]) -> str:
 
     best = best_idle(rows)
     several = any(sum(r["model"] == m for r in rows) > 1 for m in best)
-    cells = [list(head) + (["busy / best idle"] if several else [])] + [[
-        r["model"], str(r["threads"]), r["omp_wait_policy"], f"{r['train_idle_img_s']:.1f}",
+    teams = any(r.get("workers", 1) > 1 for r in rows)
+    cells = [[*head[:2], *(["workers"] if teams else []), *head[2:]] + (["busy / best idle"] if several else [])] + [[
+        r["model"], str(r["threads"]), *([str(r.get("workers", 1))] if teams else []), r["omp_wait_policy"],
+        f"{r['train_idle_img_s']:.1f}",
         f"{r['train_contended_img_s']:.1f}", f"{r['contended_ratio']:.2f}", opt(r.get("train_one_thread_img_s"), ".1f"),
         opt(r.get("one_thread_ratio"), ".2f"), opt(r.get("busy_share"), ".2f")]
         + ([f"{r['train_contended_img_s'] / best[r['model']]:.2f}"] if several else []) for r in rows]
@@ -505,6 +612,8 @@ def format_contended(rows: Sequence[dict[str, Any]]) -> str:
                      "idle; 1 thread: one thread on the idle machine, what one free core gives (a busy core "
                      "leaves about that: each parallel region waits for the thread that shares its core); busy "
                      "share: the share of one core the busy process got meanwhile."
+                     + (" workers: that many training processes at once, as `ablate run --workers N` runs a "
+                        "study's trials; their img/s summed." if teams else "")
                      + (" busy / best idle: busy-core img/s over the best idle img/s of that model at any "
                         "thread count measured here." if several else ""))
     return "\n".join(lines)

@@ -106,7 +106,71 @@ def test_other_workers_train_beside_and_are_stopped():
     assert all(p.poll() is not None for p in procs)
 
 
-@pytest.mark.parametrize("kind", ["busy core", "other worker"])
+def test_a_measured_worker_trains_through_the_whole_window(monkeypatch, capsys):
+    """The companion's protocol, with a step of known length: after "go 0.35" it trains until the window has
+    passed (0.1 s steps: 4 of them, the last ending after 0.35 s) and answers the steps and the time to the
+    end of the last one; "stop" ends it."""
+    import io
+    import time
+
+    from resmasknet import bench
+
+    monkeypatch.setattr(bench, "_build_companion", lambda argv: lambda: time.sleep(0.1))
+    monkeypatch.setattr("sys.stdin", io.StringIO("go 0.35\ngo 0.05\nstop\ngo 1\n"))
+    bench._timed_companion_main(["1", "config", "4", "cpu", "0", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "ready" and len(lines) == 3  # nothing after "stop"
+    steps, elapsed = lines[1].split()
+    assert steps == "4" and 0.4 <= float(elapsed) < 0.6
+    assert lines[2].split()[0] == "1"  # a window shorter than a step still measures one
+
+
+def test_worker_team_sums_the_throughputs_of_its_processes():
+    import io
+
+    from resmasknet.bench import WorkerTeam
+
+    class Fake:  # two processes that answered 3 steps in 1.5 s and 2 steps in 0.5 s
+        def __init__(self, answer):
+            self.stdin, self.stdout = io.StringIO(), io.StringIO(answer)
+
+    procs = [Fake("3 1.5\n"), Fake("2 0.5\n")]
+    # batch 8: 8 * 3 / 1.5 + 8 * 2 / 0.5 = 16 + 32 img/s, and each was told the window
+    assert WorkerTeam(procs, 8).img_s(2.0) == pytest.approx(48.0)
+    assert all(p.stdin.getvalue() == "go 2.0\n" for p in procs)
+    gone = Fake("")
+    gone.wait = lambda: 1
+    with pytest.raises(RuntimeError, match="exited with code 1"):
+        WorkerTeam([gone], 8).img_s(1.0)
+
+
+def test_worker_team_trains_in_separate_processes_at_once():
+    import os
+    import time
+
+    from resmasknet.bench import worker_team
+    from resmasknet.registry import create_model
+
+    if not os.path.exists(f"/proc/{os.getpid()}/stat"):
+        pytest.skip("needs Linux /proc to read a process's CPU time")
+    with worker_team(create_model("resmasknet_tiny"), 2, batch_size=4, device="cpu", threads=1, warmup=1) as team:
+        procs = team.procs
+        assert len(procs) == 2 and all(p.poll() is None and p.pid != os.getpid() for p in procs)
+        before = [_cpu_seconds(p.pid) for p in procs]
+        time.sleep(0.5)  # waiting between windows, they do not train
+        idle = [_cpu_seconds(p.pid) - b for p, b in zip(procs, before)]
+        t0 = time.perf_counter()
+        rate = team.img_s(1.0)
+        wall = time.perf_counter() - t0
+        used = [_cpu_seconds(p.pid) - b - i for p, b, i in zip(procs, before, idle)]
+        assert rate > 0 and wall >= 1.0
+        assert all(i < 0.2 for i in idle), idle
+        # both trained during the window: each used a good part of a core through it
+        assert all(u > 0.3 for u in used), used
+    assert all(p.poll() is not None for p in procs)
+
+
+@pytest.mark.parametrize("kind", ["busy core", "other worker", "measured worker"])
 def test_helper_processes_stop_by_themselves_when_the_bench_is_killed(kind):
     """A bench killed with SIGKILL runs no cleanup: its helper processes must not spin on as orphans."""
     import os
@@ -118,7 +182,12 @@ def test_helper_processes_stop_by_themselves_when_the_bench_is_killed(kind):
     code = {"busy core": "from resmasknet.bench import busy_core as c; ctx = c(-1)",
             "other worker": "from resmasknet.bench import other_workers as w; from resmasknet.registry import "
                             "create_model as m; ctx = w(m('resmasknet_tiny'), 1, batch_size=4, device='cpu', "
-                            "threads=1)"}[kind]
+                            "threads=1)",
+            "measured worker": "from resmasknet.bench import worker_team as w; from resmasknet.registry import "
+                               "create_model as m; ctx = w(m('resmasknet_tiny'), 1, batch_size=4, device='cpu')"}[kind]
+    if kind == "measured worker":  # the team's processes stand for it in the block below
+        code += ("\nimport contextlib\nteam_ctx = ctx\n@contextlib.contextmanager\ndef procs():\n"
+                 "    with team_ctx as team:\n        yield team.procs\nctx = procs()")
     script = (f"import os, sys, time\n{code}\nwith ctx as h:\n"
               "    pids = [p.pid for p in h] if isinstance(h, list) else [h.process.pid]\n"
               "    print(*pids, flush=True)\n    time.sleep(60)\n")
@@ -239,3 +308,33 @@ def test_cli_bench_contended_compares_thread_counts_in_one_run(tmp_path, capsys)
     assert "best idle" not in format_contended(rows[:1])
     assert main(["bench", *quick, "--threads", "1", "2"]) == 2
     assert "several with --contended" in capsys.readouterr().err
+
+
+def test_cli_bench_contended_measures_a_studys_workers_together(tmp_path, capsys):
+    import torch
+
+    from ablate.cli import main
+    from resmasknet.bench import format_contended
+
+    before = torch.get_num_threads()
+    out = tmp_path / "c.json"
+    quick = ["--model", "resmasknet_tiny", "--batch-size", "4", "--warmup", "1", "--rounds", "1", "--seconds", "1",
+             "--device", "cpu"]
+    try:
+        rc = main(["bench", "--contended", *quick, "--threads", "1", "--workers", "1", "2", "--json", str(out)])
+        text = capsys.readouterr().out
+    finally:
+        torch.set_num_threads(before)
+    rows = json.loads(out.read_text())
+    # one row per worker count; two one-thread processes measured together have no one-thread reference
+    assert rc == 0 and [(r["threads"], r["workers"]) for r in rows] == [(1, 1), (1, 2)]
+    assert rows[1]["train_one_thread_img_s"] is None
+    assert rows[1]["contended_ratio"] == pytest.approx(rows[1]["train_contended_img_s"] / rows[1]["train_idle_img_s"])
+    # the table gains a workers column only when a row has several
+    head = text.splitlines()[0].split()
+    assert head[:3] == ["model", "threads", "workers"] and "workers: that many training processes" in text
+    assert "workers" not in format_contended(rows[:1]).splitlines()[0]
+    # several worker counts need --contended, and a count must be positive
+    assert main(["bench", *quick, "--workers", "1", "2"]) == 2
+    assert main(["bench", "--contended", *quick, "--workers", "0"]) == 2
+    assert "must be positive" in capsys.readouterr().err

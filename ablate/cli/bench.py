@@ -5,6 +5,7 @@
     ablate bench --all --device cuda
     ablate bench --contended --model resmasknet_cpu --threads 2     # idle vs one busy core, and the ratio
     ablate bench --contended --model resmasknet_cpu --threads 2 3 4 # thread counts compared in one run
+    ablate bench --contended --model resmasknet_cpu --threads 2 1 --workers 1 2  # a study's 2 workers too
     ablate bench --study fer_per_stage --device cuda                 # the study's projected cost (ablate.cost)
     ablate bench --study paper_scale --data-sizes 28709,3589,3589 --epochs 50
     ablate bench --study fer_stage_left_out_cpu --threads 1 --fit 120 --workers 2   # whole seeds in 2 hours
@@ -49,10 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="with --study: project this many epochs instead of the study's")
     p.add_argument("--fit", type=float, metavar="MINUTES",
                    help="with --study: how many whole seeds fit this many minutes (`ablate run --first-seeds`)")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=int, nargs="+", default=[1], metavar="N",
                    help="with --study: the workers `ablate run --workers` (or --workers-per-gpu) will use; each "
                         "network is measured beside that many other training processes less one, and --fit "
-                        "deals the cells to them (default 1)")
+                        "deals the cells to them (default 1). With --contended: N training processes of "
+                        "--threads threads each measured together, as a study's workers train (their img/s "
+                        "summed, over one --seconds window); several counts may be given")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     p.set_defaults(func=run)
 
@@ -66,10 +69,13 @@ def run(args: argparse.Namespace) -> int:
     from resmasknet.runtime import resolve_device
 
     threads = list(dict.fromkeys(args.threads or [torch.get_num_threads()]))
-    if min(threads) < 1 or (len(threads) > 1 and not args.contended):
-        print(f"ablate bench: --threads {' '.join(map(str, args.threads))}: one positive count, or several "
-              f"with --contended", file=sys.stderr)
-        return 2
+    workers = list(dict.fromkeys(args.workers))
+    for flag, counts in (("--threads", threads), ("--workers", workers)):
+        if min(counts) < 1 or (len(counts) > 1 and not args.contended):
+            print(f"ablate bench: {flag} {' '.join(map(str, counts))}: counts must be positive; one count, or "
+                  f"several with --contended", file=sys.stderr)
+            return 2
+    args.workers = workers[0]  # --study takes one count
     torch.set_num_threads(threads[0])
     dev = resolve_device(args.device)
     if dev.type == "cpu":
@@ -91,12 +97,14 @@ def run(args: argparse.Namespace) -> int:
     if args.contended:
         rows = []
         for n in names:
-            for t in threads:
+            for t, w in ((t, w) for w in workers for t in threads):
                 torch.set_num_threads(t)
                 row = bench_contended(n, batch_size=args.batch_size, device=dev, steps=args.steps,
                                       warmup=args.warmup, seconds=args.seconds, rounds=args.rounds,
-                                      cpu_bf16=args.bf16_cpu, overrides=overrides, core=args.busy_core)
-                print(f"  {n}, {t} threads: train {row['train_idle_img_s']:.1f} img/s idle, "
+                                      cpu_bf16=args.bf16_cpu, overrides=overrides, core=args.busy_core,
+                                      workers=w)
+                print(f"  {n}, {t} threads" + (f" x {w} workers" if w > 1 else "") + ": train "
+                      f"{row['train_idle_img_s']:.1f} img/s idle, "
                       f"{row['train_contended_img_s']:.1f} with a busy core ({row['contended_ratio']:.2f}x)"
                       + (f", {row['train_one_thread_img_s']:.1f} on one thread ({row['one_thread_ratio']:.2f}x)"
                          if row["train_one_thread_img_s"] else ""), file=sys.stderr, flush=True)
