@@ -131,14 +131,25 @@ def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
 
 
 def resolve_device(device: Any = None) -> Any:
-    """None -> CUDA when available, else CPU; a name ("cpu", "cuda:1") is checked up front."""
+    """None -> $ABLATE_DEVICE when set (e.g. "cpu" on a machine with a GPU), else CUDA when available, else CPU;
+    a name ("cpu", "cuda:1") is checked up front: CUDA present, and a GPU of that index."""
     import torch
 
     if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        chosen = os.environ.get("ABLATE_DEVICE")
+        if not chosen:
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            return resolve_device(chosen)
+        except (ValueError, RuntimeError) as exc:
+            raise ValueError(f"ABLATE_DEVICE={chosen}: {exc}") from None
     dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available here; use --device cpu")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r} asked for, but this machine has "
+                             f"{torch.cuda.device_count()} GPU(s): cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
     return dev
 
 

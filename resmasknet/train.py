@@ -199,7 +199,10 @@ def train_one_epoch(model: ResMaskNet, opt: torch.optim.Optimizer, images: Tenso
     Raises _Diverged at the first non-finite loss and _OutOfTime when max_minutes runs out mid-epoch (without
     budget_schedule); with budget_schedule the epoch ends early, marked `cut_short`. On a CPU every loss is
     checked before its update; on a GPU, where a check waits for the device, losses are checked CHECK_EVERY_GPU
-    batches at a time and at every exit from the epoch, so a diverged run is never recorded as an epoch."""
+    batches at a time and at every exit from the epoch, so a diverged run is never recorded as an epoch. Either
+    way a diverged model is left with finite weights: on a GPU, where updates may have followed the first
+    non-finite loss, those of the last check that passed (a copy kept on the device; at most
+    CHECK_EVERY_GPU - 1 updates before the bad batch), on a CPU those just before the bad batch."""
     from tqdm.auto import tqdm
 
     dev = images.device
@@ -211,15 +214,26 @@ def train_one_epoch(model: ResMaskNet, opt: torch.optim.Optimizer, images: Tenso
     seen, cut_short, bs = 0, "", cfg.batch_size
     pending: list[Tensor] = []
     check_every = _check_every(dev)
+    state = list(model.state_dict().values())  # the tensors of the weights and buffers, shared with the model
+    good = [t.detach().clone() for t in state] if check_every > 1 else None  # at the last check that passed
 
-    def check(b: int) -> None:  # pending holds the losses of batches b - len(pending) + 1 .. b
+    def check(b: int, updated: bool) -> None:
+        """pending holds the losses of batches b - len(pending) + 1 .. b; `updated`: batch b's update is done."""
         finite = torch.isfinite(torch.stack(pending))
         if not bool(finite.all()):
             first = int((~finite).nonzero()[0])
             bad_b = b - len(pending) + 1 + first
+            if good is not None and (updated or first < len(pending) - 1):  # an update followed the bad loss
+                with torch.no_grad():
+                    for t, g in zip(state, good):
+                        t.copy_(g)
             raise _Diverged(f"loss is {float(pending[first]):g} at epoch {epoch}, batch {bad_b + 1}"
                             f"/{n_batches} (lr {opt.param_groups[0]['lr']:.3g}); training stopped")
         pending.clear()
+        if good is not None:
+            with torch.no_grad():
+                for t, g in zip(state, good):
+                    g.copy_(t)
 
     bar = tqdm(total=n_batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress)
     try:
@@ -227,7 +241,7 @@ def train_one_epoch(model: ResMaskNet, opt: torch.optim.Optimizer, images: Tenso
             cut_short = lr.before_batch(opt, b, n_batches)
             if cut_short:
                 if pending:
-                    check(b - 1)
+                    check(b - 1, updated=True)
                 break
             idx = perm[b * bs:(b + 1) * bs]
             y = labels[idx]
@@ -237,7 +251,7 @@ def train_one_epoch(model: ResMaskNet, opt: torch.optim.Optimizer, images: Tenso
             loss = _loss(logits.float(), y, soft[idx] if soft is not None else None, cfg.label_smoothing)
             pending.append(loss.detach())
             if len(pending) >= check_every or b == n_batches - 1:
-                check(b)
+                check(b, updated=False)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip is not None:
@@ -252,7 +266,7 @@ def train_one_epoch(model: ResMaskNet, opt: torch.optim.Optimizer, images: Tenso
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
             if not cfg.budget_schedule and clock() > lr.budget_s:
                 if pending:
-                    check(b)
+                    check(b, updated=True)
                 raise _OutOfTime(f"max_minutes={cfg.max_minutes} reached during epoch {epoch} "
                                  f"(batch {b + 1}/{n_batches}); that epoch is discarded")
     finally:

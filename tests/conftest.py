@@ -5,6 +5,10 @@ from pathlib import Path
 
 # PyTorch's OpenMP threads spin-wait unless told otherwise; set it before torch loads (as `ablate` does)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The suite tests the CPU's guarantees (same seed, same run, bit for bit) on any machine, a GPU machine included:
+# code that picks its device by default gets the CPU, here and in the processes tests start. The device tests
+# name their device (the `device` fixture below), so on a GPU they also run on CUDA.
+os.environ.setdefault("ABLATE_DEVICE", "cpu")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

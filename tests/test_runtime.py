@@ -213,3 +213,39 @@ def test_train_and_bench_say_when_the_machine_is_busy(monkeypatch, tmp_path, cap
     study.write_text(yaml.safe_dump({**tiny_grid_study("busy"), "seeds": [0]}))
     rc = main(["run", str(study), "--out", str(tmp_path / "study"), "--no-progress", "--no-summary"])
     assert rc == 0 and "ablate run: other processes keep about 1.0 of" in capsys.readouterr().err
+
+
+def test_the_default_device_can_be_chosen_and_a_gpu_index_is_checked(monkeypatch):
+    import pytest
+    import torch
+
+    from resmasknet.runtime import resolve_device
+
+    monkeypatch.setenv("ABLATE_DEVICE", "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine: the variable still decides
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device(None) == torch.device("cpu")
+    monkeypatch.delenv("ABLATE_DEVICE")
+    assert resolve_device(None) == torch.device("cuda")
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(ValueError, match=r"'cuda:1' asked for, but this machine has 1 GPU\(s\): cuda:0 .. cuda:0"):
+        resolve_device("cuda:1")
+    monkeypatch.setenv("ABLATE_DEVICE", "cuda:3")
+    with pytest.raises(ValueError, match=r"ABLATE_DEVICE=cuda:3: device 'cuda:3' asked for"):
+        resolve_device(None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("ABLATE_DEVICE", "cuda")
+    with pytest.raises(ValueError, match="ABLATE_DEVICE=cuda: .*CUDA is not available here"):
+        resolve_device(None)
+    monkeypatch.setenv("ABLATE_DEVICE", "gpu")
+    with pytest.raises(ValueError, match="ABLATE_DEVICE=gpu"):
+        resolve_device(None)
+
+
+def test_the_test_suite_runs_on_the_cpu_by_default():
+    """make test checks the CPU's bit-for-bit guarantees on any machine (tests/conftest.py)."""
+    import os
+
+    from resmasknet.runtime import resolve_device
+
+    assert os.environ["ABLATE_DEVICE"] == "cpu" and resolve_device(None).type == "cpu"

@@ -233,13 +233,37 @@ def poisoned_at(model, batch: int):
 
 def test_nan_loss_stops_with_diverged_status(data, tmp_path):
     model = poisoned_at(tiny_model(), batch=2)
-    res = train(model, data, TINY, out_dir=tmp_path, progress=False)
+    res = train(model, data, TINY, out_dir=tmp_path, progress=False, device="cpu")
     # a NaN loss at the second batch stops the run; the message names the epoch and the batch
     assert res.status == "diverged"
     assert "epoch 1" in res.message and "batch 2/3" in res.message and "nan" in res.message
     assert res.epochs == 0 and not (tmp_path / "best.pt").exists()
     # no weight ever became NaN (the bad batch was caught before its update)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("bad_batch", [1, 3])
+def test_losses_checked_in_batches_leave_a_diverged_model_finite(data, tmp_path, monkeypatch, bad_batch):
+    """With the GPU's batched checks (here every 2 batches, on the CPU), updates may follow a NaN loss before it
+    is seen; the model is then given back the weights of the last check that passed. A NaN loss at batch 1 is
+    seen at batch 2, after its update: the weights are the initial ones again, by hand. A NaN loss at the
+    last batch (3) is checked before its update: nothing was poisoned, and the weights are those of the
+    every-batch check, which stops before the same update."""
+    import copy
+    import importlib
+
+    train_mod = importlib.import_module("resmasknet.train")
+    reference = poisoned_at(tiny_model(), batch=bad_batch)
+    res = train(reference, data, TINY, out_dir=tmp_path / "every", progress=False, device="cpu")
+    assert res.status == "diverged"
+    monkeypatch.setattr(train_mod, "_check_every", lambda dev: 2)
+    model = poisoned_at(tiny_model(), batch=bad_batch)
+    initial = copy.deepcopy(model.state_dict())
+    res = train(model, data, TINY, out_dir=tmp_path / "batched", progress=False, device="cpu")
+    assert res.status == "diverged" and f"batch {bad_batch}/3" in res.message
+    assert all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point())
+    expected = initial if bad_batch == 1 else reference.state_dict()
+    assert state_equal(model.state_dict(), expected)
 
 
 @pytest.mark.parametrize("budget_schedule", [False, True])

@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="repeat each measurement, alternating which path goes first; the best counts (default 2)")
     p.add_argument("--seconds", type=float, default=10.0, help="stop a measurement after this long")
     p.add_argument("--no-plain", action="store_true", help="skip the plain (authors' way) measurements")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: $ABLATE_DEVICE, else cuda when available)")
     p.add_argument("--bf16-cpu", action="store_true",
                    help="optimised path: bf16 autocast on CPU too, where the CPU has bf16 units (else fp32, logged); "
                         "with --study: project every cell as if its recipe set train.cpu_bf16")

@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("doctor", help="check this device: device tests, bench of every preset, a two-worker "
                                       "study, an analysis, the FER2013 studies' cost; one table")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: $ABLATE_DEVICE, else cuda when available)")
     p.add_argument("--out", default="runs/doctor", help="where the logs, tables and doctor.md go "
                                                         "(default runs/doctor)")
     p.add_argument("--only", nargs="+", choices=STEPS, metavar="STEP",

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="test-time augmentation: flip (plain + mirrored) or authors (10 random flip/rotations)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=1234, help="seed of the authors' TTA draws")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: $ABLATE_DEVICE, else cuda when available)")
     p.add_argument("--out", help="folder for metrics.json, predictions.csv, predictions.npz")
     p.set_defaults(func=run)
 

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="analysis profile (see `ablate report --help`; default standard)")
     p.add_argument("--skip-bad-rows", action="store_true", help="drop malformed rows instead of stopping")
     p.add_argument("--out", help="output folder (default reports/analyse/<checkpoint folder name>)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: $ABLATE_DEVICE, else cuda when available)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_analyse)
     p = sub.add_parser("explain", help="classify single images (face detection) and show masks + attributions")

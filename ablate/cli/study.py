@@ -50,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retry-failed", action="store_true",
                    help="give cells that used all their attempts new ones (after fixing the cause)")
     _first_seeds(p)
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if present)")
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:1, ... (default: $ABLATE_DEVICE, else cuda if present)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-summary", action="store_true")
     p.set_defaults(func=cmd_run)
@@ -99,9 +100,9 @@ def session_from(args: argparse.Namespace):
         tracking = paths.tracking_uri
     device = getattr(args, "device", "cpu")
     if device == "auto":
-        import torch
+        from resmasknet.runtime import resolve_device
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = str(resolve_device(None))  # $ABLATE_DEVICE, else cuda when available
     threads = os.environ.get("ABLATE_TORCH_THREADS")
     if threads:
         import torch

@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (on a crowded machine 1 can beat 2)")
     p.add_argument("--max-train-batches", type=int, help="per epoch (tiny test runs)")
     p.add_argument("--limit", type=int, help="use a random LIMIT images of train and of val (tiny test runs)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: $ABLATE_DEVICE, else cuda when available)")
     p.add_argument("--pretrained", help="a local torchvision ResNet weights file for the backbone")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from OUT/last.pt when it exists (default: yes)")
