@@ -134,18 +134,16 @@ def cell_seconds(train: Any, sizes: tuple[int, int, int], train_img_s: float, ev
 
 def project_study(study: Study, sizes: tuple[int, int, int], *, device: str | None = None,
                   epochs: int | None = None, cpu_bf16: bool = False, workers: int = 1, progress: Any = None,
-                  **bench_kwargs: Any) -> StudyCost:
+                  threads: int | None = None, **bench_kwargs: Any) -> StudyCost:
     """Time each distinct network of the grid once and project the study's cost (see the module doc).
     `epochs` replaces the study's epoch count (e.g. the paper's 50 for a study that early-stops); `cpu_bf16`
     projects every cell as if its recipe asked for bf16 autocast on the CPU (`train.cpu_bf16`), which the
     bench then uses only where the CPU has bf16 units, as training would; `workers` > 1 measures each network
-    beside that many other training processes less one (the other workers of `ablate run --workers`)."""
-    import contextlib
+    beside that many other training processes less one (the other workers of `ablate run --workers`);
+    `threads`: the torch threads each of them trains with (default: this process's count)."""
+    import torch
 
-    from resmasknet.bench import bench_model, other_workers, scoring_img_s
-    from resmasknet.model import ResMaskNet
-    from resmasknet.recipe import TrainConfig
-    from resmasknet.runtime import cpu_bf16_support, resolve_device
+    from resmasknet.runtime import resolve_device
 
     if study.mode != "grid":
         raise ValueError(f"{study.path}: only grid studies can be projected (a search's trials are not known "
@@ -153,6 +151,25 @@ def project_study(study: Study, sizes: tuple[int, int, int], *, device: str | No
     if workers < 1:
         raise ValueError(f"workers={workers} must be >= 1")
     dev = resolve_device(device)
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        rows = _project_cells(study, sizes, dev, epochs, cpu_bf16, workers, progress, bench_kwargs)
+    finally:
+        torch.set_num_threads(before)
+    return StudyCost(study.name, str(dev), sizes, tuple(rows), workers)
+
+
+def _project_cells(study: Study, sizes: tuple[int, int, int], dev: Any, epochs: int | None, cpu_bf16: bool,
+                   workers: int, progress: Any, bench_kwargs: dict[str, Any]) -> list[CellCost]:
+    import contextlib
+
+    from resmasknet.bench import bench_model, other_workers, scoring_img_s
+    from resmasknet.model import ResMaskNet
+    from resmasknet.recipe import TrainConfig
+    from resmasknet.runtime import cpu_bf16_support
+
     measured: dict[Any, dict[str, Any]] = {}
     rows = []
     for v in study.variants:
@@ -177,4 +194,4 @@ def project_study(study: Study, sizes: tuple[int, int, int], *, device: str | No
         score = scoring_img_s(m)
         rows.append(CellCost(v.name, len(study.seeds), tcfg.epochs, m["train_img_s"], score,
                              cell_seconds(tcfg, sizes, m["train_img_s"], score, study.tta), m["bf16"]))
-    return StudyCost(study.name, str(dev), sizes, tuple(rows), workers)
+    return rows

@@ -75,6 +75,9 @@ def step_tests(dev: Any, out: Path) -> Step:
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", proc.stdout)}
     ran = counts.get("passed", 0) + counts.get("failed", 0)
     summary = ", ".join(f"{n} {k}" for k, n in counts.items())
+    if "No module named pytest" in proc.stderr:
+        return Step("tests", "fail", detail="pytest is not installed for this Python; on a machine without "
+                    "network, bring it with the wheelhouse (tools/wheelhouse.py, README: On a GPU)")
     if proc.returncode != 0 or ran == 0:
         why = "no device test ran" if ran == 0 and proc.returncode in (0, 5) else f"pytest exit {proc.returncode}"
         return Step("tests", "fail", detail=f"{why}: {summary} (log: {out / 'device-tests.log'})", data=counts)
@@ -153,6 +156,7 @@ def step_cost(dev: Any, out: Path, studies: tuple[tuple[str, int | None, int], .
     other training workers: on CUDA `fer_per_stage` with the 4 workers per GPU its file runs with, and 50
     epochs of `paper_scale` with one."""
     from ablate.cost import project_study
+    from ablate.runner import worker_threads
     from ablate.study import load_study
 
     if studies is None:
@@ -161,7 +165,7 @@ def step_cost(dev: Any, out: Path, studies: tuple[tuple[str, int | None, int], .
     lines, data = [], {}
     for name, epochs, workers in studies:
         cost = project_study(load_study(name), FER_SIZES, device=str(dev), epochs=epochs, workers=workers,
-                             steps=20, warmup=3, seconds=8.0, rounds=1)
+                             threads=worker_threads(workers), steps=20, warmup=3, seconds=8.0, rounds=1)
         (out / f"cost-{name}.txt").write_text(cost.format() + "\n")
         seeds = min(r.seeds for r in cost.rows)
         wall = cost.makespan_s(seeds, workers)

@@ -615,6 +615,13 @@ def seed_major(study: Study) -> list[int]:
     return sorted(range(len(study.cells)), key=lambda i: (seeds[study.cells[i][1]], i))
 
 
+def worker_threads(n_workers: int) -> int:
+    """Torch threads for each of `n_workers` local workers: the usable cores split between them."""
+    from resmasknet.runtime import usable_cores
+
+    return max(1, usable_cores() // n_workers)
+
+
 def worker_env(threads: int, parent_pid: int | None = None) -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "ABLATE_TORCH_THREADS": str(threads),
            "ABLATE_PARENT_PID": str(parent_pid or os.getpid())}
@@ -632,8 +639,7 @@ def spawn_workers(study_ref: str, n: int, session: Session, workers_per_gpu: int
     except Exception:  # noqa: BLE001 - no usable CUDA: CPU workers
         gpus = 0
     devices = plan_devices(n, session.device, gpus, workers_per_gpu)
-    threads = max(1, (os.cpu_count() or 1) // len(devices))
-    env = worker_env(threads)
+    env = worker_env(worker_threads(len(devices)))
     procs: list[subprocess.Popen] = []
     try:
         for device in devices:

@@ -32,7 +32,7 @@ from typing import Any
 
 __all__ = ["BF16_CPU_FLAGS", "StorageError", "atomic_dir", "atomic_write", "atomic_write_json", "atomic_write_text",
            "busy_machine_note", "configure_threads", "cpu_bf16_support", "cpu_flags", "cpu_has_bf16",
-           "describe_device", "others_busy_cores", "resolve_device", "storage_error"]
+           "describe_device", "others_busy_cores", "resolve_device", "storage_error", "usable_cores"]
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +254,22 @@ def configure_threads() -> str:
                     "process's OpenMP threads still spin-wait (only child processes get PASSIVE); call it "
                     "before importing torch")
     return "PASSIVE"
+
+
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+
+
+def usable_cores(cpu_max: str | os.PathLike = CGROUP_CPU_MAX) -> int:
+    """The cores this process may use: those its CPU affinity allows (a cluster job's share of a large node),
+    fewer where a cgroup v2 quota (`cpu.max`, "QUOTA PERIOD") caps it below that; at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path(cpu_max).read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period) + 0.5)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
 
 
 PROC_STAT = "/proc/stat"

@@ -230,6 +230,23 @@ def test_doctor_table_and_a_failing_step(tmp_path, monkeypatch, capsys):
     assert md.startswith("| step | result | s | detail |") and "| bench | fail |" in md
 
 
+def test_doctor_says_so_when_pytest_is_missing(tmp_path, monkeypatch):
+    """A GPU node without network has no pytest unless the wheelhouse brought it: one line says what to do."""
+    import sys
+
+    import torch
+
+    from ablate.doctor import step_tests
+
+    python = tmp_path / "python"  # a Python without pytest, as such a node answers `python -m pytest`
+    python.write_text("#!/bin/sh\necho \"$0: No module named pytest\" >&2\nexit 1\n")
+    python.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(python))
+    step = step_tests(torch.device("cpu"), tmp_path)
+    assert step.status == "fail" and step.detail.startswith("pytest is not installed for this Python")
+    assert "tools/wheelhouse.py" in step.detail
+
+
 def test_doctor_bench_step_on_cpu(tmp_path):
     import torch
 
@@ -258,11 +275,16 @@ def test_doctor_cost_step_gives_the_wall_time_on_its_workers(tmp_path, monkeypat
     import resmasknet.bench as bench
     from ablate.doctor import FER_SIZES, step_cost
 
-    asked = []
+    asked, threads = [], []
 
     def fake_bench(model, *, batch_size, **kw):
+        threads.append(torch.get_num_threads())
         return {"train_img_s": 100.0, "eval_img_s": 1000.0, "bf16": False}
 
+    import ablate.runner as runner
+
+    monkeypatch.setattr(runner, "worker_threads", lambda n: 7 if n == 2 else 99)  # what `ablate run` would give
+    before = torch.get_num_threads()
     monkeypatch.setattr(bench, "bench_model", fake_bench)
     monkeypatch.setattr(bench, "other_workers", lambda net, n, **kw: asked.append(n) or contextlib.nullcontext())
     step = step_cost(torch.device("cpu"), tmp_path, studies=(("crn_effect", None, 2),))
@@ -274,6 +296,8 @@ def test_doctor_cost_step_gives_the_wall_time_on_its_workers(tmp_path, monkeypat
     cells = len(study.variants) * len(study.seeds)
     wall = -(-cells // 2) * cell
     assert asked and set(asked) == {1}  # measured beside one other worker
+    # at the thread count each of `ablate run`'s 2 workers gets, given back afterwards
+    assert set(threads) == {7} and torch.get_num_threads() == before
     assert step.data["crn_effect"]["wall_s"] == pytest.approx(wall)
     assert f"crn_effect {wall / 60:.1f} min on 2 workers" == step.detail
     assert (tmp_path / "cost-crn_effect.txt").read_text().count("beside 1 other training worker") == 1

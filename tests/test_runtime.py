@@ -249,3 +249,18 @@ def test_the_test_suite_runs_on_the_cpu_by_default():
     from resmasknet.runtime import resolve_device
 
     assert os.environ["ABLATE_DEVICE"] == "cpu" and resolve_device(None).type == "cpu"
+
+
+def test_usable_cores_follow_the_affinity_and_a_cgroup_quota(tmp_path):
+    import os
+
+    from resmasknet.runtime import usable_cores
+
+    allowed = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    assert usable_cores(tmp_path / "absent") == allowed
+    for text, expected in (("max 100000", allowed), ("50000 100000", 1), ("100000 100000", 1),
+                           ("150000 100000", min(allowed, 2)), ("9900000 100000", min(allowed, 99)),
+                           ("garbage", allowed)):
+        cpu_max.write_text(text + "\n")
+        assert usable_cores(cpu_max) == expected, text

@@ -56,3 +56,15 @@ def test_this_environment_closure_holds_the_tracking_and_attribution_stack():
     got = wh.closure(wh.project_requirements(), wh.installed_requires, have={"torch", "numpy"}, env=ENV)
     assert {"optuna", "mlflow", "captum", "baycomp", "sqlalchemy", "alembic"} <= set(got)
     assert "torch" not in got and "numpy" not in got
+
+
+def test_the_wheelhouse_brings_the_test_runner_the_doctor_needs():
+    """`ablate doctor` runs the device tests with pytest, which a GPU node (torch and the scientific stack)
+    lacks: it comes from the `dev` extra, with its own needs, unless --no-tests."""
+    pytest.importorskip("optuna")
+    have = {"torch", "numpy", "scipy", "pandas", "matplotlib", "seaborn", "scikit-learn", "pyyaml", "tqdm"}
+    got = set(wh.closure(wh.project_requirements(), wh.installed_requires, have=have, env=ENV))
+    assert {"pytest", "pytest-timeout", "pluggy", "iniconfig"} <= got
+    assert not {"mypy", "ruff", "jupyterlab", "hypothesis"} & got  # the rest of the dev extra stays out
+    bare = set(wh.closure(wh.project_requirements(tests=False), wh.installed_requires, have=have, env=ENV))
+    assert got - bare >= {"pytest", "pytest-timeout"} and "pytest" not in bare

@@ -89,13 +89,25 @@ def closure(roots: list[str], requires, have: set[str], env: dict[str, str]) -> 
     return sorted(out)
 
 
-def project_requirements() -> list[str]:
-    """The project's own runtime requirements, from its installed metadata."""
+# `ablate doctor` runs the device tests with these (from the project's `dev` extra); a GPU node rarely has them.
+TEST_RUNNER = ("pytest", "pytest-timeout")
+
+
+def project_requirements(tests: bool = True) -> list[str]:
+    """The project's own runtime requirements, from its installed metadata, and with `tests` the test runner
+    of its `dev` extra that `ablate doctor` needs (their `extra == "dev"` marker dropped)."""
     try:
-        return metadata.requires("resmasknet-ablate") or []
+        reqs = metadata.requires("resmasknet-ablate") or []
     except metadata.PackageNotFoundError:
         sys.exit("wheelhouse: the project is not installed in this environment; run `make .venv/.installed` "
                  "and use .venv/bin/python")
+    out = list(reqs)
+    for r in reqs if tests else ():
+        req = Requirement(r)
+        if canonical(req.name) in TEST_RUNNER and req.marker is not None and req.marker.evaluate({"extra": "dev"}):
+            req.marker = None
+            out.append(str(req))
+    return out
 
 
 def installed_requires(name: str) -> list[str]:
@@ -143,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--python-version", default=f"{sys.version_info.major}.{sys.version_info.minor}")
     p.add_argument("--dest", type=Path, default=ROOT / "wheelhouse")
     p.add_argument("--list", action="store_true", help="print what would be fetched, download nothing")
+    p.add_argument("--no-tests", action="store_true",
+                   help=f"leave out the test runner ({', '.join(TEST_RUNNER)}) that `ablate doctor` runs the "
+                        "device tests with")
     args = p.parse_args(argv)
     have = parse_have(args.skip.replace(",", "\n"))
     if args.have:
@@ -151,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as e:
             sys.exit(f"wheelhouse: {args.have}: {e.strerror or e}")
     env = target_environment(args.python_version)
-    names = closure(project_requirements(), installed_requires, have, env)
+    names = closure(project_requirements(tests=not args.no_tests), installed_requires, have, env)
     missing = [n for n in names if installed_version(n) is None]
     if missing:
         sys.exit(f"wheelhouse: not installed here, so no version to pin: {', '.join(missing)}")
