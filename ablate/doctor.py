@@ -49,14 +49,13 @@ def _tests_dir() -> Path | None:
 def step_device(dev: Any, out: Path) -> Step:
     import torch
 
-    from resmasknet.runtime import cpu_bf16_support, describe_device
+    from resmasknet.runtime import bf16_support, describe_device
 
     line = describe_device(dev)
+    bf16, why = bf16_support(dev)
     if dev.type == "cuda":
-        bf16 = torch.cuda.is_bf16_supported()
         extra = f"CUDA {torch.version.cuda}, capability {'.'.join(map(str, torch.cuda.get_device_capability(dev)))}"
     else:
-        bf16, why = cpu_bf16_support()
         extra = f"bf16 units: {why}"
     return Step("device", detail=f"{line}; torch {torch.__version__}; {extra}; bf16 {'yes' if bf16 else 'no'}",
                 data={"device": line, "torch": torch.__version__, "bf16": bf16})
@@ -211,6 +210,10 @@ def run_doctor(device: str | None = None, out: str | Path = "runs/doctor", *, on
             first = (str(exc).splitlines() or [""])[0]
             step = Step(name, "fail", detail=f"{type(exc).__name__}: {first}")
         step.seconds = time.perf_counter() - t0
+        if dev.type == "cuda":  # the next steps' worker processes share this GPU: hand back this one's cache
+            import torch
+
+            torch.cuda.empty_cache()
         if name == "study":
             checkpoint = step.data.get("checkpoint") or None
         steps.append(step)

@@ -3,8 +3,10 @@ and must not use up a cell's attempts; a trial's own error (a bad value, diverge
 
 Kinds (recorded as the trial's `fail_kind` user attribute, with `fail_reason`, by `ablate.trial.run_trial`):
 `infra` (no attempt used: the worker backs off and retries), `trial` (one attempt used), `killed` (interrupted
-by the user or SIGTERM: no attempt used) and `stale` (set by the runner: the worker vanished mid-trial; one
-attempt used).
+by the user or SIGTERM: no attempt used), `stale` (set by the runner: the worker vanished mid-trial; one
+attempt used) and `device` (a CUDA error after which the process's GPU context is unusable, such as an
+illegal memory access: no attempt used, and the worker stops with `DeviceLost`, since every later trial in
+that process would fail too; a rerun retries the cell in a fresh process).
 
 Example:
     >>> classify(OSError(28, "No space left on device"))[0]
@@ -29,6 +31,7 @@ INFRA = "infra"
 TRIAL = "trial"
 KILLED = "killed"
 STALE = "stale"
+DEVICE = "device"
 
 # a missing file (ENOENT) is usually a bad path in the study (missing data), which retrying cannot fix
 _INFRA_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ESTALE,
@@ -39,8 +42,18 @@ _INFRA_TEXT = ("database is locked", "disk i/o error", "database or disk is full
                "connection refused")
 
 
+# CUDA errors that leave the process's context unusable ("sticky": every later CUDA call fails the same way)
+_DEVICE_TEXT = ("illegal memory access", "device-side assert", "unspecified launch failure",
+                "uncorrectable ecc error", "misaligned address", "illegal instruction was encountered",
+                "hardware stack error", "the launch timed out")
+
+
 class InfraError(RuntimeError):
     """A worker gave up after a bounded time of infrastructure errors; the message is one line."""
+
+
+class DeviceLost(RuntimeError):
+    """A worker stopped because its GPU context is unusable (a `device` failure); the message is one line."""
 
 
 class Terminated(KeyboardInterrupt):
@@ -76,6 +89,8 @@ def classify(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, (StorageError, InfraError)):
         return INFRA, reason
     for e in _chain(exc):
+        if isinstance(e, RuntimeError) and "cuda" in str(e).lower() and any(t in str(e).lower() for t in _DEVICE_TEXT):
+            return DEVICE, reason
         if isinstance(e, OSError) and (e.errno in _INFRA_ERRNOS or (e.errno is None and type(e) is OSError)):
             return INFRA, reason
         if isinstance(e, (OSError, RuntimeError)) and storage_error(e, "") is not None:

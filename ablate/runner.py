@@ -194,8 +194,9 @@ def cell_of(t: optuna.trial.FrozenTrial) -> int | None:
 
 
 def attempt_kind(t: optuna.trial.FrozenTrial) -> str:
-    """What a failed trial counts as: `faults.INFRA` and `faults.KILLED` (interrupted by the user) use up no
-    attempt; a trial's own error and a stale trial (its process died mid-trial) do. Older trials without a
+    """What a failed trial counts as: `faults.INFRA`, `faults.DEVICE` (an unusable GPU context) and
+    `faults.KILLED` (interrupted by the user) use up no attempt; a trial's own error and a stale trial (its
+    process died mid-trial) do. Older trials without a
     `fail_kind` count as the trial's own."""
     return str(t.user_attrs.get("fail_kind", faults.TRIAL))
 
@@ -234,7 +235,7 @@ def cell_states(trials: list[optuna.trial.FrozenTrial], retry_from: int = 0) -> 
             busy.add(c)
         elif t.state == TrialState.FAIL:
             kind = attempt_kind(t)
-            if kind == faults.INFRA:
+            if kind in (faults.INFRA, faults.DEVICE):
                 infra[c] = infra.get(c, 0) + 1
             elif kind != faults.KILLED and t.number >= retry_from:
                 attempts[c] = attempts.get(c, 0) + 1
@@ -496,6 +497,11 @@ def work(session: Session, max_trials: int | None = None, backoff: Backoff | Non
             kind, reason = faults.classify(exc)
             if trial is not None and _still_running(ostudy, trial):
                 orphans.append((trial, kind, reason))
+            if kind == faults.DEVICE:
+                with contextlib.suppress(Exception):
+                    _fail_orphans(ostudy, orphans)
+                raise faults.DeviceLost(f"{reason}: this process's GPU context is unusable, so this worker stops "
+                                        f"(no attempt used); run the study again to retry the cell") from exc
             if kind != faults.INFRA:
                 if trial is None:
                     raise  # not a trial's error: a bug or bad input, shown as it is

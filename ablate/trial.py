@@ -294,14 +294,14 @@ def run_trial(session: Session, ostudy: optuna.Study, trial: optuna.Trial, track
         beat.stop()
         import traceback
 
-        from ablate.faults import TRIAL, classify
+        from ablate.faults import DEVICE, TRIAL, classify
         from resmasknet.runtime import StorageError, atomic_write_text, storage_error
 
         # a full disk / read-only / unwritable folder becomes one line naming the path (torch hides the errno)
         err = (storage_error(exc, getattr(exc, "filename", None) or trial_dir)
                if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, StorageError) else None)
         kind, reason = classify(err or exc)
-        if kind == TRIAL:
+        if kind in (TRIAL, DEVICE):
             with contextlib.suppress(Exception):
                 atomic_write_text(trial_dir / "traceback.txt", traceback.format_exc())
         with contextlib.suppress(Exception):

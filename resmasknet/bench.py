@@ -43,7 +43,7 @@ from torch import nn
 
 from resmasknet.augment import augment_batch
 from resmasknet.model import ResMaskNet, count_parameters
-from resmasknet.runtime import cpu_bf16_support, resolve_device
+from resmasknet.runtime import bf16_support, cpu_bf16_support, resolve_device
 
 __all__ = ["BusyProcess", "WorkerTeam", "bench", "bench_contended", "bench_model", "busy_core", "format_contended",
            "format_table", "other_workers", "text_table", "worker_team"]
@@ -116,9 +116,13 @@ def _timed(fn: Callable[[], Any], dev: torch.device, *, warmup: int, steps: int,
 
 
 def _use_bf16(dev: torch.device, cpu_bf16: bool) -> bool:
-    """bf16 autocast: always on CUDA; on CPU when asked for and the CPU has bf16 units (else logged, fp32)."""
+    """bf16 autocast: on CUDA where the GPU has native bf16; on CPU when asked for and the CPU has bf16 units
+    (else logged, fp32)."""
     if dev.type == "cuda":
-        return True
+        ok, why = bf16_support(dev)
+        if not ok:
+            log.warning("no bf16 autocast on %s (%s): measuring fp32", dev, why)
+        return ok
     if not cpu_bf16:
         return False
     ok, why = cpu_bf16_support()

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from resmasknet.bench import _timed, _train_step, text_table
-from resmasknet.runtime import cpu_bf16_support, resolve_device
+from resmasknet.runtime import bf16_support, resolve_device
 
 __all__ = ["MODES", "bench_modes", "format_modes"]
 
@@ -37,9 +37,7 @@ _SPEC = {  # mode -> (channels_last, bf16, compile)
 
 
 def _bf16_ok(dev: torch.device) -> tuple[bool, str]:
-    if dev.type == "cuda":
-        return (torch.cuda.is_bf16_supported(), "this GPU has no bf16 support")
-    return cpu_bf16_support()
+    return bf16_support(dev)
 
 
 def bench_modes(models: Sequence[str], *, device: str | torch.device | None = None, batch_size: int = 64,

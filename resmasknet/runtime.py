@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["BF16_CPU_FLAGS", "StorageError", "atomic_dir", "atomic_write", "atomic_write_json", "atomic_write_text",
-           "busy_machine_note", "configure_threads", "cpu_bf16_support", "cpu_flags", "cpu_has_bf16",
+           "bf16_support", "busy_machine_note", "configure_threads", "cpu_bf16_support", "cpu_flags", "cpu_has_bf16",
            "describe_device", "others_busy_cores", "resolve_device", "storage_error", "usable_cores"]
 
 log = logging.getLogger(__name__)
@@ -222,6 +222,21 @@ def cpu_bf16_support(cpuinfo: str | os.PathLike | None = None) -> tuple[bool, st
 
         capability = str(torch.backends.cpu.get_cpu_capability())
     return False, f"no {'/'.join(BF16_CPU_FLAGS)} in the CPU flags (torch CPU capability {capability})"
+
+
+def bf16_support(device: Any) -> tuple[bool, str]:
+    """(bf16 autocast runs natively on `device`, a short reason). CUDA: a GPU of compute capability 8.0 or
+    newer (Ampere on); older ones only emulate bf16, slowly, though `torch.cuda.is_bf16_supported()` says yes
+    by default. CPU: `cpu_bf16_support`."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return cpu_bf16_support()
+    major, minor = torch.cuda.get_device_capability(dev)
+    if torch.cuda.is_bf16_supported(including_emulation=False):
+        return True, f"GPU compute capability {major}.{minor}"
+    return False, f"GPU compute capability {major}.{minor} has no native bf16 (8.0, Ampere, or newer)"
 
 
 def cpu_has_bf16(cpuinfo: str | os.PathLike | None = None) -> bool:

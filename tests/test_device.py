@@ -103,7 +103,14 @@ def test_training_on_device_learns_and_reloads_on_cpu(device, tmp_path):
     test = data.select("test")
     on_cpu = evaluate(reloaded, test, device="cpu")
     on_dev = evaluate(load_checkpoint(tmp_path / "best.pt", map_location=device)[0], test, device=device)
-    assert (on_cpu.predictions == on_dev.predictions).mean() >= 0.95
+    # the same probabilities (CUDA evaluates under bf16 autocast: loosely, as in the evaluation test above), so
+    # a face may change its prediction only where its two likeliest classes are within twice that of each
+    # other (three epochs leave most faces there: a share of agreeing predictions would test bf16's rounding)
+    tol = 1e-4 if device == "cpu" else 0.05
+    assert np.abs(on_dev.probabilities - on_cpu.probabilities).max() < tol
+    top2 = np.sort(on_cpu.probabilities, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2 * tol
+    assert (on_cpu.predictions[clear] == on_dev.predictions[clear]).all()
 
 
 def test_bench_on_device(device):

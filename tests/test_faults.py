@@ -103,6 +103,59 @@ def failing_write_record(monkeypatch, exc: OSError, calls: set[int]) -> set[int]
     return calls
 
 
+# ---- a lost GPU context ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("message, kind", [
+    ("CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be asynchronously reported",
+     faults.DEVICE),
+    ("CUDA error: device-side assert triggered", faults.DEVICE),
+    ("CUDA error: unspecified launch failure", faults.DEVICE),
+    ("CUDA error: invalid argument", faults.TRIAL),  # not sticky: the trial's own
+    ("an illegal memory access in my own code", faults.TRIAL),  # not CUDA
+])
+def test_cuda_errors_that_leave_the_context_unusable_are_device_faults(message, kind):
+    import torch
+
+    assert faults.classify(torch.AcceleratorError(message)) == (kind, f"AcceleratorError: {message.splitlines()[0]}")
+    wrapped = RuntimeError("evaluation failed")
+    wrapped.__cause__ = RuntimeError(message)
+    assert faults.classify(wrapped)[0] == kind
+
+
+def test_a_lost_gpu_context_stops_the_worker_without_using_an_attempt(tmp_path, tracking, capsys, monkeypatch,
+                                                                      fast_trials):
+    import torch
+
+    train_mod = importlib.import_module("resmasknet.train")
+    real = train_mod.train
+    calls = {"n": 0}
+
+    def first_call_loses_the_gpu(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(train_mod, "train", first_call_loses_the_gpu)
+    study = write_study(tmp_path, "lostgpu")
+    out = tmp_path / "out"
+    assert run(study, out, tracking) == 1
+    err = capsys.readouterr().err
+    # one line: the CUDA error, and that this worker stopped; the other cell did not run in the dead process
+    assert "error: AcceleratorError: CUDA error: an illegal memory access was encountered: this process's GPU " \
+           "context is unusable, so this worker stops (no attempt used)" in err
+    assert calls["n"] == 1
+    s = session(study, out, tracking)
+    trials = load_optuna_study(s).get_trials()
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert len(failed) == 1 and failed[0].user_attrs["fail_kind"] == faults.DEVICE
+    assert (s.paths.trial_dir(failed[0].number) / "traceback.txt").exists()
+    st = status(s)
+    assert st["attempts"] == {} and sum(st["infra_failures"].values()) == 1  # no attempt used
+    # a rerun, in a fresh process, retries the cell and completes the study
+    assert run(study, out, tracking) == 0
+    check_complete(s)
+
+
 # ---- (a) journal repair -----------------------------------------------------------------------------------
 def test_cut_journal_is_repaired_and_the_study_completes(tmp_path, tracking, capsys, fast_trials):
     study = write_study(tmp_path, "cutjournal")

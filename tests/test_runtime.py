@@ -264,3 +264,31 @@ def test_usable_cores_follow_the_affinity_and_a_cgroup_quota(tmp_path):
                            ("garbage", allowed)):
         cpu_max.write_text(text + "\n")
         assert usable_cores(cpu_max) == expected, text
+
+
+def test_bf16_only_on_gpus_that_have_it_natively(monkeypatch, caplog):
+    """A V100 or T4 (compute capability 7.x) only emulates bf16, though torch.cuda.is_bf16_supported() says yes
+    by default: training and the bench fall back to fp32 there with one line; an A100/H100 (8.0, 9.0) uses it."""
+    import torch
+
+    from resmasknet import bench
+    from resmasknet.recipe import TrainConfig
+    from resmasknet.train import use_bf16
+
+    def gpu(capability):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda dev=None: capability)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                            lambda including_emulation=True: including_emulation or capability >= (8, 0))
+
+    cuda = torch.device("cuda")
+    gpu((7, 0))
+    assert runtime.bf16_support(cuda) == (False, "GPU compute capability 7.0 has no native bf16 (8.0, Ampere, "
+                                                 "or newer)")
+    with caplog.at_level("WARNING"):
+        assert use_bf16(TrainConfig(), cuda) is False and bench._use_bf16(cuda, False) is False
+    assert "bf16 autocast skipped on cuda (GPU compute capability 7.0" in caplog.text
+    gpu((9, 0))
+    assert runtime.bf16_support(cuda) == (True, "GPU compute capability 9.0")
+    assert use_bf16(TrainConfig(), cuda) is True and bench._use_bf16(cuda, False) is True
+    # on a CPU the flags decide, as before
+    assert runtime.bf16_support(torch.device("cpu")) == runtime.cpu_bf16_support()

@@ -70,11 +70,11 @@ def describe_error(exc: BaseException, args: argparse.Namespace) -> tuple[str, i
     """(one line, exit code) for an error the user can act on: 1 for storage and infrastructure errors (disk
     full, read-only, permission, an unreadable journal), 2 for bad input; None for anything else (a bug: the
     traceback is shown)."""
-    from ablate.faults import INFRA, InfraError, classify
+    from ablate.faults import INFRA, DeviceLost, InfraError, classify
     from resmasknet.runtime import StorageError, storage_error
 
     journal = getattr(args, "storage_path", None)
-    if isinstance(exc, (StorageError, InfraError)):
+    if isinstance(exc, (StorageError, InfraError, DeviceLost)):
         return (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)), 1
     if isinstance(exc, json.JSONDecodeError) or (isinstance(exc, ValueError) and str(exc) == "Invalid log format."):
         where = journal or "the Optuna journal"
