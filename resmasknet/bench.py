@@ -17,7 +17,10 @@ process holds the region up, and a busy core leaves about that much.
 With bf16 autocast on a CPU (`cpu_bf16`), evaluation is also timed in fp32 (`eval_fp32_img_s`): the toolkit's
 prediction (`resmasknet.evaluate`) runs fp32 on a CPU, and `scoring_img_s` gives the rate it runs at.
 `other_workers` trains the same network in separate processes beside a measurement, as the other workers of
-`ablate run --workers N` do (`ablate.cost` projects a study that way).
+`ablate run --workers N` do (`ablate.cost` projects a study that way). `worker_team` measures such processes
+together, through one window, and `bench_contended(..., workers=N)` uses it: a study's N workers, idle and with
+one core busy. Separate processes take the scheduler's fair share of a shared core where one process's threads,
+waiting on each other, cannot.
 
 Example:
     >>> rows = bench(["resnet_cpu", "resmasknet_cpu"], batch_size=32)
