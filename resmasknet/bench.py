@@ -46,7 +46,7 @@ from torch import nn
 
 from resmasknet.augment import augment_batch
 from resmasknet.model import ResMaskNet, count_parameters
-from resmasknet.runtime import bf16_support, cpu_bf16_support, resolve_device
+from resmasknet.runtime import resolve_device, use_bf16_autocast
 
 __all__ = ["BusyProcess", "WorkerTeam", "bench", "bench_contended", "bench_model", "busy_core", "format_contended",
            "format_table", "other_workers", "text_table", "worker_team"]
@@ -119,19 +119,8 @@ def _timed(fn: Callable[[], Any], dev: torch.device, *, warmup: int, steps: int,
 
 
 def _use_bf16(dev: torch.device, cpu_bf16: bool) -> bool:
-    """bf16 autocast: on CUDA where the GPU has native bf16; on CPU when asked for and the CPU has bf16 units
-    (else logged, fp32)."""
-    if dev.type == "cuda":
-        ok, why = bf16_support(dev)
-        if not ok:
-            log.warning("no bf16 autocast on %s (%s): measuring fp32", dev, why)
-        return ok
-    if not cpu_bf16:
-        return False
-    ok, why = cpu_bf16_support()
-    if not ok:
-        log.warning("--bf16-cpu asked for, but this CPU has no bf16 units (%s): measuring fp32", why)
-    return ok
+    """bf16 autocast as training decides it (`runtime.use_bf16_autocast`)."""
+    return use_bf16_autocast(dev, cpu_bf16, "measuring")
 
 
 def _train_step(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, *, amp: bool) -> Callable[[], None]:

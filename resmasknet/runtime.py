@@ -32,7 +32,8 @@ from typing import Any
 
 __all__ = ["BF16_CPU_FLAGS", "StorageError", "atomic_dir", "atomic_write", "atomic_write_json", "atomic_write_text",
            "bf16_support", "busy_machine_note", "configure_threads", "cpu_bf16_support", "cpu_flags", "cpu_has_bf16",
-           "describe_device", "others_busy_cores", "resolve_device", "storage_error", "usable_cores"]
+           "describe_device", "others_busy_cores", "resolve_device", "storage_error", "usable_cores",
+           "use_bf16_autocast"]
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +238,22 @@ def bf16_support(device: Any) -> tuple[bool, str]:
     if torch.cuda.is_bf16_supported(including_emulation=False):
         return True, f"GPU compute capability {major}.{minor}"
     return False, f"GPU compute capability {major}.{minor} has no native bf16 (8.0, Ampere, or newer)"
+
+
+def use_bf16_autocast(device: Any, cpu_asked: bool, doing: str = "training") -> bool:
+    """Whether to run under bf16 autocast on `device`: on CUDA where the GPU has native bf16; on a CPU when
+    asked for (`--bf16-cpu`, `train.cpu_bf16`) and the CPU has bf16 units. Where it was wanted but cannot be
+    had, one logged line says so and `doing` ("training", "measuring") runs in fp32."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type != "cuda" and not (cpu_asked and dev.type == "cpu"):
+        return False
+    ok, why = bf16_support(dev)
+    if not ok:
+        log.warning("bf16 autocast asked for on %s, but %s: %s in fp32", dev,
+                    why if dev.type == "cuda" else f"this CPU has no bf16 units ({why})", doing)
+    return ok
 
 
 def cpu_has_bf16(cpuinfo: str | os.PathLike | None = None) -> bool:

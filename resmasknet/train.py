@@ -50,7 +50,7 @@ from resmasknet.recipe import (
     make_plateau,
     recipe_for,
 )
-from resmasknet.runtime import atomic_write_json, bf16_support, cpu_bf16_support, resolve_device
+from resmasknet.runtime import atomic_write_json, resolve_device, use_bf16_autocast
 from resmasknet.train_state import RunState, fingerprint, restore, state_extra
 
 __all__ = ["CPU_RECIPE", "PAPER_RECIPE", "StopTraining", "TrainConfig", "TrainResult", "lr_factor", "recipe_for",
@@ -116,19 +116,9 @@ class _OutOfTime(Exception):
 
 # ---- pieces ------------------------------------------------------------------------------------------------
 def use_bf16(cfg: TrainConfig, dev: torch.device) -> bool:
-    """Whether to train under bf16 autocast: on CUDA where the GPU has native bf16 (else one logged line, and
-    fp32); on CPU when asked for and the CPU has bf16 units (else one logged line, and fp32)."""
-    if dev.type == "cuda":
-        ok, why = bf16_support(dev)
-        if not ok:
-            log.warning("bf16 autocast skipped on %s (%s): training in fp32", dev, why)
-        return ok
-    if not cfg.cpu_bf16 or dev.type != "cpu":
-        return False
-    ok, why = cpu_bf16_support()
-    if not ok:
-        log.warning("cpu_bf16 asked for, but this CPU has no bf16 units (%s): training in fp32", why)
-    return ok
+    """Whether to train under bf16 autocast: on CUDA where the GPU has native bf16; on CPU when asked for
+    (`cpu_bf16`) and the CPU has bf16 units; elsewhere one logged line, and fp32 (`runtime.use_bf16_autocast`)."""
+    return use_bf16_autocast(dev, cfg.cpu_bf16, "training")
 
 
 def _loss(logits: Tensor, target: Tensor, soft: Tensor | None, smoothing: float) -> Tensor:
