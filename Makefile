@@ -30,9 +30,19 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/ablate bench
 
-# on a machine with a GPU: device tests on CUDA, every preset benched, a 2-worker study, an analysis, costs
-gpu-check: $(STAMP)
-	$(BIN)/ablate doctor --device cuda --out runs/gpu-check
+# on a machine with a GPU: device tests on CUDA, every preset benched, a 2-worker study, an analysis, costs.
+# A GPU node without network (README: On a GPU) cannot build .venv: with wheelhouse/ in the checkout, its
+# wheels go into wheelhouse/site once and the node's own python3 (which holds PyTorch) runs the check.
+GPU_OUT ?= runs/gpu-check
+gpu-check:
+	@if ls wheelhouse/*.whl >/dev/null 2>&1; then \
+	  test -f wheelhouse/site/.installed || { $(PY) -m pip install -q --no-index --no-deps --no-compile \
+	    --target wheelhouse/site wheelhouse/*.whl && touch wheelhouse/site/.installed; } || exit 1; \
+	  echo "PYTHONPATH=wheelhouse/site:. $(PY) -m ablate doctor --device cuda --out $(GPU_OUT)"; \
+	  PYTHONPATH=wheelhouse/site:. $(PY) -m ablate doctor --device cuda --out $(GPU_OUT); \
+	else \
+	  $(MAKE) --no-print-directory $(STAMP) && $(BIN)/ablate doctor --device cuda --out $(GPU_OUT); \
+	fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

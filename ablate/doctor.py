@@ -35,7 +35,7 @@ FER_SIZES = (28709, 3589, 3589)  # FER2013 Training / PublicTest / PrivateTest
 @dataclass
 class Step:
     name: str
-    status: str = "pass"  # pass | fail | skip
+    status: str = "pass"  # pass | fail | skip | not run (the doctor stopped before it)
     seconds: float = 0.0
     detail: str = ""
     data: dict[str, Any] = field(default_factory=dict)
@@ -44,6 +44,16 @@ class Step:
 def _tests_dir() -> Path | None:
     tests = Path(__file__).resolve().parents[1] / "tests"
     return tests if (tests / "test_device.py").is_file() else None
+
+
+_USES_DEVICE = re.compile(r"^\s*def test_\w+\((?:[^)]*[\s,(])?device\s*[,:)=]", re.MULTILINE)
+
+
+def device_test_files(tests: Path) -> list[Path]:
+    """The test modules that hold device tests (a test taking the `device` fixture). Only these are handed to
+    pytest: it imports every module it is given before `-m device` selects anything, and a GPU node lacks
+    what the rest of the suite imports (nbformat, nbclient), which would stop the run at collection."""
+    return [p for p in sorted(tests.glob("test_*.py")) if _USES_DEVICE.search(p.read_text())]
 
 
 def step_device(dev: Any, out: Path) -> Step:
@@ -67,7 +77,8 @@ def step_tests(dev: Any, out: Path) -> Step:
         return Step("tests", "skip", detail="no tests/ folder beside the package (run from a clone)")
     env = {**os.environ, "ABLATE_TEST_DEVICE": str(dev), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY",
                                                                                           "PASSIVE")}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "device", str(tests), "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "device", *map(str, device_test_files(tests)),
+           "-p", "no:cacheprovider",
            "-o", f"cache_dir={out / '.pytest_cache'}", "--junitxml", str(out / "device-tests.xml")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tests.parent)
     (out / "device-tests.log").write_text(proc.stdout + proc.stderr)
@@ -179,7 +190,8 @@ def run_doctor(device: str | None = None, out: str | Path = "runs/doctor", *, on
                compile_models: tuple[str, ...] | None = None, bench_models: tuple[str, ...] | None = None,
                progress: Callable[[Step], None] | None = None) -> list[Step]:
     """Run the steps in `only` (in STEPS order) on `device`; a step that raises is a failure with the error's
-    first line, and the others still run. Writes `<out>/doctor.json` and `<out>/doctor.md`."""
+    first line, and the others still run. Writes `<out>/doctor.json` and `<out>/doctor.md` before the first
+    step and again after each one: the steps not yet run stand in them as "not run" until they have."""
     from resmasknet.runtime import atomic_write_json, atomic_write_text, resolve_device
 
     unknown = [s for s in only if s not in STEPS]
@@ -191,6 +203,14 @@ def run_doctor(device: str | None = None, out: str | Path = "runs/doctor", *, on
     if compile_models is None:
         compile_models = ("resmasknet_cpu", "resmasknet_paper") if dev.type == "cuda" else ()
     steps: list[Step] = []
+    pending = [Step(name, "not run", detail="the doctor stopped before this step") for name in STEPS if name in only]
+
+    def save() -> None:  # after every step: a doctor stopped by a time limit keeps the table of what it ran
+        table = steps + pending
+        atomic_write_json(out / "doctor.json", [asdict(s) for s in table])
+        atomic_write_text(out / "doctor.md", format_steps(table, markdown=True) + "\n")
+
+    save()
     checkpoint: str | None = None
     runners: dict[str, Callable[[], Step]] = {
         "device": lambda: step_device(dev, out),
@@ -217,10 +237,10 @@ def run_doctor(device: str | None = None, out: str | Path = "runs/doctor", *, on
         if name == "study":
             checkpoint = step.data.get("checkpoint") or None
         steps.append(step)
+        pending.pop(0)
+        save()
         if progress is not None:
             progress(step)
-    atomic_write_json(out / "doctor.json", [asdict(s) for s in steps])
-    atomic_write_text(out / "doctor.md", format_steps(steps, markdown=True) + "\n")
     return steps
 
 

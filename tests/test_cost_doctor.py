@@ -247,6 +247,69 @@ def test_doctor_says_so_when_pytest_is_missing(tmp_path, monkeypatch):
     assert "tools/wheelhouse.py" in step.detail
 
 
+def test_doctor_tests_step_does_not_import_what_a_gpu_node_lacks(tmp_path, monkeypatch):
+    """pytest imports every module it is handed before `-m device` selects: a module importing a package the
+    node lacks (the notebook tests need nbformat) must not stop the device tests at collection."""
+    import torch
+
+    import ablate.doctor as doctor
+
+    tests = tmp_path / "tests"
+    tests.mkdir()
+    (tests / "conftest.py").write_text(
+        "import pytest\n"
+        "def pytest_configure(config):\n    config.addinivalue_line('markers', 'device: device tests')\n"
+        "@pytest.fixture(params=[pytest.param('cpu', marks=pytest.mark.device)])\n"
+        "def device(request):\n    return request.param\n")
+    (tests / "test_device.py").write_text("def test_on(device):\n    assert device == 'cpu'\n\n\n"
+                                          "def test_on_too(tmp_path,\n                device):\n    pass\n")
+    (tests / "test_notebooks.py").write_text("import a_package_this_node_lacks\n\n\n"
+                                             "def test_other(tmp_path):\n    pass\n")
+    (tests / "test_names.py").write_text("def test_other_device(other_device, device_count):\n    pass\n")
+    assert doctor.device_test_files(tests) == [tests / "test_device.py"]
+    monkeypatch.setattr(doctor, "_tests_dir", lambda: tests)
+    step = doctor.step_tests(torch.device("cpu"), tmp_path)
+    assert step.status == "pass", (tmp_path / "device-tests.log").read_text()
+    assert step.data == {"passed": 2}
+
+
+def test_doctor_hands_pytest_every_module_with_device_tests(tmp_path):
+    """The files the doctor selects hold every test that pytest itself collects under `-m device`."""
+    import subprocess
+    import sys
+
+    from ablate.doctor import _tests_dir, device_test_files
+
+    tests = _tests_dir()
+    assert tests is not None
+    chosen = {p.name for p in device_test_files(tests)}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "device", str(tests),
+                           "-p", "no:cacheprovider"], capture_output=True, text=True, cwd=tests.parent)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    collected = {line.split("::")[0].rsplit("/", 1)[-1] for line in proc.stdout.splitlines() if "::" in line}
+    assert collected and collected == chosen
+
+
+def test_doctor_stopped_mid_way_leaves_a_table_that_says_so(tmp_path, monkeypatch):
+    """A time limit that stops the doctor keeps the steps it ran, and the others read "not run", never pass."""
+    import ablate.doctor as doctor
+
+    seen = {}
+
+    def stopped(dev, out, **kw):
+        seen["during"] = [(s["name"], s["status"]) for s in json.loads((out / "doctor.json").read_text())]
+        raise KeyboardInterrupt  # as a time limit's signal would end it: not caught as one step's failure
+
+    monkeypatch.setattr(doctor, "step_bench", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        doctor.run_doctor("cpu", tmp_path, only=("device", "bench", "cost"))
+    assert seen["during"] == [("device", "pass"), ("bench", "not run"), ("cost", "not run")]
+    after = [(s["name"], s["status"]) for s in json.loads((tmp_path / "doctor.json").read_text())]
+    assert after == seen["during"]
+    md = (tmp_path / "doctor.md").read_text()
+    assert "| device | pass |" in md and "| bench | not run |" in md and "| cost | not run |" in md
+
+
 def test_doctor_bench_step_on_cpu(tmp_path):
     import torch
 
