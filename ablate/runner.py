@@ -491,7 +491,12 @@ def work(session: Session, max_trials: int | None = None, backoff: Backoff | Non
             run_trial(session, ostudy, trial, tracker)
             done += 1
             infra_since, delays = None, policy.delays()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            # interrupted between popping a trial and running it (`run_trial` marks its own): mark it killed
+            # now, which uses no attempt, instead of leaving it RUNNING for the next run to find stale
+            if trial is not None and _still_running(ostudy, trial):
+                with contextlib.suppress(Exception):
+                    _fail_orphans(ostudy, [(trial, faults.KILLED, faults.classify(exc)[1])])
             raise
         except Exception as exc:
             kind, reason = faults.classify(exc)
@@ -635,9 +640,23 @@ def worker_env(threads: int, parent_pid: int | None = None) -> dict[str, str]:
     return env
 
 
-def spawn_workers(study_ref: str, n: int, session: Session, workers_per_gpu: int | None = None) -> int:
+WORKER_SESSIONS = ("own", "same")
+
+
+def spawn_workers(study_ref: str, n: int, session: Session, workers_per_gpu: int | None = None,
+                  sessions: str = "own") -> int:
     """Start local `ablate worker` processes with the cores split between them (n, or workers_per_gpu x GPUs
-    with CUDA); wait for all. Workers die with this process. Returns the highest exit status (see wait_workers)."""
+    with CUDA); wait for all. Workers die with this process. Returns the highest exit status (see wait_workers).
+
+    sessions: "own" starts each worker in a session of its own (on POSIX), "same" in this one. Where the kernel
+    shares the CPU between sessions before processes (`resmasknet.runtime.sched_autogroup`), workers of one
+    session get one session's share however many they are: beside a program of another session that keeps a
+    core busy, two workers on two cores then share the free core. In sessions of their own they get a process's
+    share each, as they would without autogroup (README, "Training and evaluation"). Ctrl-C reaches only this
+    process then, which stops the workers as before; Ctrl-Z and `fg` are passed on to them (`_pass_job_control`)."""
+    if sessions not in WORKER_SESSIONS:
+        raise ValueError(f"sessions={sessions!r}: one of {', '.join(WORKER_SESSIONS)}")
+    own = sessions == "own" and os.name == "posix"
     try:
         import torch
 
@@ -656,8 +675,9 @@ def spawn_workers(study_ref: str, n: int, session: Session, workers_per_gpu: int
                 cmd.append("--tiny")
             if session.first_seeds is not None:
                 cmd += ["--first-seeds", str(session.first_seeds)]
-            procs.append(subprocess.Popen(cmd, env=env))
-        return wait_workers(procs)
+            procs.append(subprocess.Popen(cmd, env=env, start_new_session=own))
+        with _pass_job_control(procs) if own else contextlib.nullcontext():
+            return wait_workers(procs)
     except BaseException:  # interrupted (or SIGTERM): stop the workers, wait for them to mark their trials
         for p in procs:
             if p.poll() is None:
@@ -668,6 +688,34 @@ def spawn_workers(study_ref: str, n: int, session: Session, workers_per_gpu: int
             except subprocess.TimeoutExpired:
                 p.kill()
         raise
+
+
+@contextlib.contextmanager
+def _pass_job_control(procs: list[subprocess.Popen]) -> Iterator[None]:
+    """While the block runs, a terminal's stop (Ctrl-Z, SIGTSTP) stops `procs` too and `fg` / `bg` (SIGCONT)
+    continues them: workers in sessions of their own are outside the terminal's process group, which is all
+    the terminal signals. (A stop has to be SIGSTOP: the kernel drops SIGTSTP sent to a session without a
+    terminal.) Only in the main thread, where Python runs signal handlers."""
+    if not hasattr(signal, "SIGTSTP") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        for p in procs:
+            if p.poll() is None:
+                with contextlib.suppress(OSError):
+                    p.send_signal(signal.SIGSTOP)
+        os.kill(os.getpid(), signal.SIGSTOP)  # stops here; the shell's SIGCONT resumes this line
+        for p in procs:
+            if p.poll() is None:
+                with contextlib.suppress(OSError):
+                    p.send_signal(signal.SIGCONT)
+
+    old = signal.signal(signal.SIGTSTP, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTSTP, old)
 
 
 PR_SET_PDEATHSIG = 1

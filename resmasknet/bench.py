@@ -46,10 +46,10 @@ from torch import nn
 
 from resmasknet.augment import augment_batch
 from resmasknet.model import ResMaskNet, count_parameters
-from resmasknet.runtime import resolve_device, use_bf16_autocast
+from resmasknet.runtime import resolve_device, sched_autogroup, use_bf16_autocast
 
-__all__ = ["BusyProcess", "WorkerTeam", "bench", "bench_contended", "bench_model", "busy_core", "format_contended",
-           "format_table", "other_workers", "text_table", "worker_team"]
+__all__ = ["BUSY_SESSIONS", "BusyProcess", "WorkerTeam", "bench", "bench_contended", "bench_model", "busy_core",
+           "format_contended", "format_table", "other_workers", "text_table", "worker_team"]
 
 log = logging.getLogger(__name__)
 
@@ -307,12 +307,17 @@ while os.getppid() == parent:  # an orphan (the bench was killed) stops by itsel
 """
 
 
+BUSY_SESSIONS = ("own", "same")
+
+
 @dataclass
 class BusyProcess:
-    """The running competitor: its process and the core it is pinned to (-1: not pinned)."""
+    """The running competitor: its process, the core it is pinned to (-1: not pinned) and its session ("own":
+    a session of its own, as a program started from another terminal has; "same": the bench's)."""
 
     process: subprocess.Popen
     core: int
+    session: str = "same"
 
     def cpu_seconds(self) -> float | None:
         """CPU time the competitor has used so far (Linux /proc), or None where that cannot be read."""
@@ -332,18 +337,26 @@ def _default_busy_core() -> int:
 
 
 @contextlib.contextmanager
-def busy_core(core: int | None = None) -> Iterator[BusyProcess]:
+def busy_core(core: int | None = None, session: str = "own") -> Iterator[BusyProcess]:
     """Run a process that keeps one core 100% busy for the duration of the block; it is killed on exit.
 
-    core: the core to pin it to (default: the last one this process may use; -1: do not pin)."""
+    core: the core to pin it to (default: the last one this process may use; -1: do not pin).
+    session: "own" starts it in a session of its own, as any program started from another terminal, an ssh
+    login or cron runs; "same" keeps it in this one, as a job started with `&` from the same shell. Where the
+    kernel shares the CPU between sessions first (`runtime.sched_autogroup`), the two differ: beside a busy
+    process of its own session, this session's processes get their fair share of the busy core too; beside
+    one of another session, only the free core (README, "Training and evaluation")."""
+    if session not in BUSY_SESSIONS:
+        raise ValueError(f"session={session!r}: one of {', '.join(BUSY_SESSIONS)}")
     core = _default_busy_core() if core is None else core
     proc = subprocess.Popen([sys.executable, "-c", _BUSY_CODE, str(core)], stdout=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            stdin=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            start_new_session=session == "own")
     try:
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != b"spinning":  # it started and pinned itself
             raise RuntimeError(f"the busy process exited with code {proc.wait()} before spinning")
-        yield BusyProcess(proc, core)
+        yield BusyProcess(proc, core, session)
     finally:
         proc.kill()
         proc.wait()
@@ -509,17 +522,19 @@ def worker_team(model: ResMaskNet, n: int, *, batch_size: int, device: str | tor
 def bench_contended(model: str | ResMaskNet, *, batch_size: int = 32, device: str | torch.device | None = None,
                     steps: int = 10, warmup: int = 2, seconds: float = 10.0, rounds: int = 2,
                     cpu_bf16: bool = False, overrides: dict[str, Any] | None = None,
-                    core: int | None = None, workers: int = 1) -> dict[str, Any]:
+                    core: int | None = None, workers: int = 1, busy_session: str = "own") -> dict[str, Any]:
     """Training throughput idle and with one core kept busy by another process, measured in the same run.
 
     Each round measures idle, then contended (a fresh busy process each time), then, with more than one
     thread, one thread on the idle machine; the best of each counts. With `workers` > 1, `workers` separate
     processes of this process's thread count train at once, as `ablate run --workers N` runs a study's
     trials, each through the same `seconds`-long window (`steps` does not apply), and the throughputs are
-    their sums (no one-thread measurement then).
+    their sums (no one-thread measurement then). `busy_session`: where the busy process runs (`busy_core`):
+    "own", a session of its own, as another program's; "same", this one's.
     Keys: model, device, batch_size, threads, omp_wait_policy, train_idle_img_s, train_contended_img_s,
     contended_ratio (contended / idle), train_one_thread_img_s and one_thread_ratio (one thread idle, over idle;
-    None with one thread or on CUDA), busy_core, busy_cpu_s (CPU seconds the competitor got while training
+    None with one thread or on CUDA), busy_core, busy_session, sched_autogroup (`runtime.sched_autogroup`),
+    busy_cpu_s (CPU seconds the competitor got while training
     was measured), busy_share (busy_cpu_s over the contended wall time: about 1.0 when it really ran)."""
     from resmasknet.registry import create_model
 
@@ -527,6 +542,8 @@ def bench_contended(model: str | ResMaskNet, *, batch_size: int = 32, device: st
         raise ValueError(f"batch_size={batch_size} must be >= 2 (BatchNorm needs two images to train)")
     if rounds < 1 or workers < 1:
         raise ValueError(f"rounds={rounds} and workers={workers} must be >= 1")
+    if busy_session not in BUSY_SESSIONS:
+        raise ValueError(f"busy_session={busy_session!r}: one of {', '.join(BUSY_SESSIONS)}")
     dev = resolve_device(device)
     net = create_model(model, **(overrides or {})) if isinstance(model, str) else model
     cfg = net.config
@@ -561,7 +578,7 @@ def bench_contended(model: str | ResMaskNet, *, batch_size: int = 32, device: st
                     one_thread = max(one_thread, measure())
                 finally:
                     torch.set_num_threads(threads)
-            with busy_core(core) as busy:
+            with busy_core(core, busy_session) as busy:
                 busy_core_used = busy.core
                 c0, t0 = busy.cpu_seconds(), time.perf_counter()
                 contended = max(contended, measure())
@@ -577,7 +594,8 @@ def bench_contended(model: str | ResMaskNet, *, batch_size: int = 32, device: st
         "bf16": amp, "rounds": rounds,
         "train_idle_img_s": idle, "train_contended_img_s": contended, "contended_ratio": contended / idle,
         "train_one_thread_img_s": one_thread or None, "one_thread_ratio": one_thread / idle if one_thread else None,
-        "busy_core": busy_core_used, "busy_cpu_s": busy_cpu if cpu_known else None,
+        "busy_core": busy_core_used, "busy_session": busy_session, "sched_autogroup": sched_autogroup(),
+        "busy_cpu_s": busy_cpu if cpu_known else None,
         "busy_share": busy_cpu / busy_wall if cpu_known and busy_wall > 0 else None,
         "torch": torch.__version__,
     }
@@ -594,8 +612,12 @@ def format_contended(rows: Sequence[dict[str, Any]]) -> str:
     best = best_idle(rows)
     several = any(sum(r["model"] == m for r in rows) > 1 for m in best)
     teams = any(r.get("workers", 1) > 1 for r in rows)
-    cells = [[*head[:2], *(["workers"] if teams else []), *head[2:]] + (["busy / best idle"] if several else [])] + [[
-        r["model"], str(r["threads"]), *([str(r.get("workers", 1))] if teams else []), r["omp_wait_policy"],
+    sessions = list(dict.fromkeys(r.get("busy_session", "same") for r in rows))
+    both = len(sessions) > 1
+    cells = [[*head[:2], *(["workers"] if teams else []), *(["busy session"] if both else []), *head[2:]]
+             + (["busy / best idle"] if several else [])] + [[
+        r["model"], str(r["threads"]), *([str(r.get("workers", 1))] if teams else []),
+        *([r.get("busy_session", "same")] if both else []), r["omp_wait_policy"],
         f"{r['train_idle_img_s']:.1f}",
         f"{r['train_contended_img_s']:.1f}", f"{r['contended_ratio']:.2f}", opt(r.get("train_one_thread_img_s"), ".1f"),
         opt(r.get("one_thread_ratio"), ".2f"), opt(r.get("busy_share"), ".2f")]
@@ -603,8 +625,16 @@ def format_contended(rows: Sequence[dict[str, Any]]) -> str:
     lines = text_table(cells)
     if rows:
         r = rows[0]
+        where = {"own": "in a session of its own (as another program's)", "same": "in the bench's session"}
+        autogroup = {True: "on: the kernel shares the CPU between sessions first, so a busy process of another "
+                           "session keeps its core and this session's processes share the other one",
+                     False: "off: the kernel shares the CPU between processes, whatever their session",
+                     None: "unknown"}[r.get("sched_autogroup")]
         lines.append(f"\ndevice {r['device']}, batch {r['batch_size']}, torch {r['torch']}. busy-core: another "
-                     f"process spins on core {r['busy_core']} while training is measured; ratio = busy-core / "
+                     f"process spins on core {r['busy_core']} while training is measured, "
+                     + (" or ".join(where[x] for x in sessions) + " (busy session: own or same)" if both
+                        else where[sessions[0]])
+                     + f"; scheduler autogroup {autogroup}; ratio = busy-core / "
                      "idle; 1 thread: one thread on the idle machine, what one free core gives (a busy core "
                      "leaves about that: each parallel region waits for the thread that shares its core); busy "
                      "share: the share of one core the busy process got meanwhile."

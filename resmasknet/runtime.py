@@ -32,7 +32,7 @@ from typing import Any
 
 __all__ = ["BF16_CPU_FLAGS", "StorageError", "atomic_dir", "atomic_write", "atomic_write_json", "atomic_write_text",
            "bf16_support", "busy_machine_note", "configure_threads", "cpu_bf16_support", "cpu_flags", "cpu_has_bf16",
-           "describe_device", "others_busy_cores", "resolve_device", "storage_error", "usable_cores",
+           "describe_device", "others_busy_cores", "sched_autogroup", "resolve_device", "storage_error", "usable_cores",
            "use_bf16_autocast"]
 
 log = logging.getLogger(__name__)
@@ -305,6 +305,21 @@ def usable_cores(cpu_max: str | os.PathLike = CGROUP_CPU_MAX) -> int:
 
 
 PROC_STAT = "/proc/stat"
+SCHED_AUTOGROUP = "/proc/sys/kernel/sched_autogroup_enabled"
+
+
+def sched_autogroup(path: str | os.PathLike = SCHED_AUTOGROUP) -> bool | None:
+    """Whether Linux shares the CPU between sessions before it shares it between their processes (the kernel's
+    autogroup, `kernel.sched_autogroup_enabled`); None where that cannot be read (not Linux, or no autogroup in
+    the kernel). When it is on, a program started in another session (another terminal, an ssh login, cron)
+    gets as much CPU as all of this session's processes together: beside one that keeps a core busy, the
+    processes of one session share the other core, however many they are. A process in a cgroup of its own
+    (a systemd service, a container with the cpu controller) is shared out by cgroup, to the same effect."""
+    try:
+        with open(path) as fh:
+            return fh.read().strip() != "0"
+    except (OSError, ValueError):
+        return None
 
 
 def _cpu_busy_seconds(stat: str | os.PathLike) -> float | None:

@@ -234,6 +234,40 @@ def test_busy_core_spins_and_is_stopped():
     assert busy.process.poll() is not None
 
 
+def test_busy_core_runs_in_a_session_of_its_own_or_in_this_one():
+    import os
+    from pathlib import Path
+
+    from resmasknet.bench import busy_core
+
+    def autogroup(pid: int | str) -> str | None:  # the kernel's scheduling group, where it has autogroup
+        path = Path(f"/proc/{pid}/autogroup")
+        return path.read_text().split()[0] if path.exists() else None
+
+    # "own" (the default): a new session, led by the busy process itself, as another terminal's program runs
+    with busy_core(-1) as busy:
+        pid = busy.process.pid
+        assert busy.session == "own" and os.getsid(pid) == pid != os.getsid(0)
+        if autogroup("self") is not None:  # a new session is a new autogroup
+            assert autogroup(pid) != autogroup("self")
+    # "same": this session, and so this autogroup
+    with busy_core(-1, "same") as busy:
+        pid = busy.process.pid
+        assert busy.session == "same" and os.getsid(pid) == os.getsid(0)
+        assert autogroup(pid) == autogroup("self")
+    with pytest.raises(ValueError, match="session='other'"), busy_core(-1, "other"):
+        pass
+
+
+def test_sched_autogroup_reads_the_kernel_setting(tmp_path):
+    from resmasknet.runtime import sched_autogroup
+
+    (tmp_path / "on").write_text("1\n")
+    (tmp_path / "off").write_text("0\n")
+    assert sched_autogroup(tmp_path / "on") is True and sched_autogroup(tmp_path / "off") is False
+    assert sched_autogroup(tmp_path / "missing") is None
+
+
 def test_bench_contended_reports_idle_busy_and_ratio():
     import pytest
 
@@ -244,6 +278,7 @@ def test_bench_contended_reports_idle_busy_and_ratio():
     assert row["train_idle_img_s"] > 0 and row["train_contended_img_s"] > 0
     assert row["contended_ratio"] == pytest.approx(row["train_contended_img_s"] / row["train_idle_img_s"])
     assert row["omp_wait_policy"] and row["threads"] >= 1
+    assert row["busy_session"] == "own"  # by default the busy process is another session's, as another program
     # the table shows the model and the ratio
     text = format_contended([row])
     assert "resmasknet_tiny" in text and "ratio" in text and "1 thread img/s" in text
@@ -308,6 +343,38 @@ def test_cli_bench_contended_compares_thread_counts_in_one_run(tmp_path, capsys)
     assert "best idle" not in format_contended(rows[:1])
     assert main(["bench", *quick, "--threads", "1", "2"]) == 2
     assert "several with --contended" in capsys.readouterr().err
+
+
+def test_cli_bench_contended_puts_the_busy_process_in_either_session(tmp_path, capsys):
+    import torch
+
+    from ablate.cli import main
+    from resmasknet.bench import format_contended
+    from resmasknet.runtime import sched_autogroup
+
+    before = torch.get_num_threads()
+    out = tmp_path / "c.json"
+    quick = ["--model", "resmasknet_tiny", "--batch-size", "4", "--steps", "1", "--warmup", "1", "--rounds", "1",
+             "--seconds", "1", "--device", "cpu", "--threads", "1"]
+    try:
+        rc = main(["bench", "--contended", *quick, "--busy-session", "own", "same", "--json", str(out)])
+        text = capsys.readouterr().out
+    finally:
+        torch.set_num_threads(before)
+    rows = json.loads(out.read_text())
+    # one row per session, in the order given, each naming the kernel's autogroup setting
+    assert rc == 0 and [r["busy_session"] for r in rows] == ["own", "same"]
+    assert all(r["sched_autogroup"] == sched_autogroup() for r in rows)
+    # the table gains a column only when both were measured, and its footnote says where the process ran
+    head = text.splitlines()[0]
+    assert "busy session" in head and [line.split()[2] for line in text.splitlines()[1:3]] == ["own", "same"]
+    assert "in a session of its own" in text and "in the bench's session" in text
+    single = format_contended(rows[1:])
+    assert "busy session" not in single.splitlines()[0] and "in the bench's session" in single
+    assert "in a session of its own" not in single
+    # the default is a session of its own; a bad choice is refused by argparse
+    with pytest.raises(SystemExit):
+        main(["bench", "--contended", *quick, "--busy-session", "elsewhere"])
 
 
 def test_cli_bench_contended_measures_a_studys_workers_together(tmp_path, capsys):

@@ -594,3 +594,105 @@ def test_study_lock_nests_within_a_thread_and_excludes_others(tmp_path):
         assert order == ["nested"]
     t.join(5)
     assert order == ["nested", "other"]
+
+
+# ---- workers in sessions of their own --------------------------------------------------------------------
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                kids.append(int(entry.name))
+    return kids
+
+
+def _state(pid: int) -> str:
+    """The kernel's one-letter state of `pid` ("T": stopped), "gone" once it has exited."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return "gone"
+
+
+def _wait_until(check, what: str, timeout: float = 30) -> None:
+    deadline = time.time() + timeout
+    while not check():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists() or not hasattr(signal, "SIGTSTP"), reason="needs Linux")
+@pytest.mark.parametrize("sessions", ["own", "same"])
+def test_workers_run_in_sessions_of_their_own_and_follow_ctrl_z_and_ctrl_c(tmp_path, tracking, sessions):
+    raw = tiny_grid_study(f"sessions_{sessions}")
+    raw["base"]["train"].update({"epochs": 5, "max_train_batches": 60})
+    raw["base"]["tta"] = False
+    study = tmp_path / "s.yaml"
+    study.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    s = session(study, out, tracking)
+    proc = subprocess.Popen([sys.executable, "-m", "ablate", "run", str(study), "--out", str(out), "--tracking-uri",
+                             tracking, "--no-progress", "--no-summary", "--workers", "2", "--worker-sessions",
+                             sessions], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_running_trial(s)
+        workers = _children(proc.pid)
+        assert len(workers) == 2, workers
+        # "own": each worker leads a session of its own (the kernel's test: getsid); "same": the run's session
+        if sessions == "own":
+            assert all(os.getsid(w) == w != os.getsid(proc.pid) for w in workers)
+            # Ctrl-Z reaches only the run (the terminal's process group), which stops its workers too ...
+            proc.send_signal(signal.SIGTSTP)
+            _wait_until(lambda: all(_state(p) == "T" for p in (proc.pid, *workers)), "the run and workers stop")
+            # ... and fg continues them all
+            proc.send_signal(signal.SIGCONT)
+            _wait_until(lambda: all(_state(p) not in ("T", "gone") for p in (proc.pid, *workers)),
+                        "the run and workers continue")
+        else:
+            assert all(os.getsid(w) == os.getsid(proc.pid) for w in workers)
+        # Ctrl-C reaches only the run too (a terminal sends SIGINT to its process group): the run stops its workers
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert all(_state(w) == "gone" for w in workers)
+    # every trial that was running is failed as killed (no attempt used); nothing is left RUNNING
+    trials = load_optuna_study(s).get_trials()
+    assert not [t for t in trials if t.state.name == "RUNNING"]
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert failed and all(t.user_attrs["fail_kind"] == "killed" for t in failed)
+
+
+def test_an_interrupt_between_popping_a_trial_and_running_it_marks_it_killed(tmp_path, tracking, monkeypatch,
+                                                                              fast_trials):
+    import ablate.runner
+
+    study = write_study(tmp_path, "interrupt_window")
+    out = tmp_path / "out"
+    assert run(study, out, tracking, "--workers", "0") == 0  # prepared: two cells waiting
+    s = session(study, out, tracking)
+
+    def interrupted(storage, trial_id):  # Ctrl-C lands after ask() and before run_trial takes over
+        raise KeyboardInterrupt
+
+    real_claim = ablate.runner.claim
+    monkeypatch.setattr(ablate.runner, "claim", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ablate.runner.work(s)
+    trials = load_optuna_study(s).get_trials()
+    # the popped trial is failed as killed (no attempt used), not left RUNNING for a later run to call stale
+    assert [t.state.name for t in trials if t.state.name != "WAITING"] == ["FAIL"]
+    failed = next(t for t in trials if t.state.name == "FAIL")
+    assert failed.user_attrs["fail_kind"] == faults.KILLED
+    # and a later run completes every cell, that one included, without using an attempt on it
+    monkeypatch.setattr(ablate.runner, "claim", real_claim)
+    assert run(study, out, tracking) == 0
+    assert check_complete(s)["attempts"] == {}  # the killed trial used none of its cell's attempts

@@ -47,6 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers-per-gpu", type=int, metavar="N",
                    help="with CUDA: N worker processes per GPU (N x GPUs in all, devices assigned round-robin); "
                         "overrides --workers. Without CUDA: ignored (--workers on the CPU)")
+    p.add_argument("--worker-sessions", choices=("own", "same"), default="own",
+                   help="with several workers: start each in a session of its own (own, the default) or in this "
+                        "one (same). Where the kernel shares the CPU between sessions first (autogroup), the "
+                        "workers of one session get one session's share together: beside a program of another "
+                        "session that keeps a core busy, they then share the free core. Results are the same "
+                        "either way; Ctrl-C, Ctrl-Z and fg work either way")
     p.add_argument("--retry-failed", action="store_true",
                    help="give cells that used all their attempts new ones (after fixing the cause)")
     _first_seeds(p)
@@ -168,7 +174,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         with _terminate_as_interrupt():
             if args.workers > 1 or workers_per_gpu:
-                worker_rc = spawn_workers(args.study, max(1, args.workers), session, workers_per_gpu)
+                worker_rc = spawn_workers(args.study, max(1, args.workers), session, workers_per_gpu,
+                                          sessions=getattr(args, "worker_sessions", "own"))
             else:
                 work(session)
     except KeyboardInterrupt:
