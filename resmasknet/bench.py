@@ -48,7 +48,7 @@ from resmasknet.augment import augment_batch
 from resmasknet.model import ResMaskNet, count_parameters
 from resmasknet.runtime import resolve_device, sched_autogroup, use_bf16_autocast
 
-__all__ = ["BUSY_SESSIONS", "BusyProcess", "WorkerTeam", "bench", "bench_contended", "bench_model", "busy_core",
+__all__ = ["SESSIONS", "BusyProcess", "WorkerTeam", "bench", "bench_contended", "bench_model", "busy_core",
            "format_contended", "format_table", "other_workers", "text_table", "worker_team"]
 
 log = logging.getLogger(__name__)
@@ -307,7 +307,7 @@ while os.getppid() == parent:  # an orphan (the bench was killed) stops by itsel
 """
 
 
-BUSY_SESSIONS = ("own", "same")
+SESSIONS = ("own", "same")
 
 
 @dataclass
@@ -346,8 +346,8 @@ def busy_core(core: int | None = None, session: str = "own") -> Iterator[BusyPro
     kernel shares the CPU between sessions first (`runtime.sched_autogroup`), the two differ: beside a busy
     process of its own session, this session's processes get their fair share of the busy core too; beside
     one of another session, only the free core (README, "Training and evaluation")."""
-    if session not in BUSY_SESSIONS:
-        raise ValueError(f"session={session!r}: one of {', '.join(BUSY_SESSIONS)}")
+    if session not in SESSIONS:
+        raise ValueError(f"session={session!r}: one of {', '.join(SESSIONS)}")
     core = _default_busy_core() if core is None else core
     proc = subprocess.Popen([sys.executable, "-c", _BUSY_CODE, str(core)], stdout=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -437,15 +437,16 @@ def _timed_companion_main(argv: Sequence[str]) -> None:
 
 @contextlib.contextmanager
 def _companions(code: str, args: Sequence[str], n: int, threads: int, token: str,
-                stdin: int | None = subprocess.DEVNULL) -> Iterator[list[subprocess.Popen]]:
-    """Start `n` processes running `code` with `args` (`threads` OpenMP threads each) and wait until each
-    has printed `token`; they are killed on exit."""
+                stdin: int | None = subprocess.DEVNULL, new_session: bool = False) -> Iterator[list[subprocess.Popen]]:
+    """Start `n` processes running `code` with `args` (`threads` OpenMP threads each), each in a session of its
+    own if `new_session`, and wait until each has printed `token`; they are killed on exit."""
     cmd = [sys.executable, "-c", code, *args]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     procs: list[subprocess.Popen] = []
     try:
         for _ in range(n):
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=stdin, env=env, text=True))
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=stdin, env=env, text=True,
+                                          start_new_session=new_session))
         for p in procs:
             assert p.stdout is not None
             if p.stdout.readline().strip() != token:
@@ -511,29 +512,37 @@ class WorkerTeam:
 
 @contextlib.contextmanager
 def worker_team(model: ResMaskNet, n: int, *, batch_size: int, device: str | torch.device | None = None,
-                amp: bool = False, threads: int = 1, warmup: int = 2) -> Iterator[WorkerTeam]:
+                amp: bool = False, threads: int = 1, warmup: int = 2, sessions: str = "own") -> Iterator[WorkerTeam]:
     """`n` separate training processes (`threads` torch threads each), warmed up and waiting to be measured
-    together (`WorkerTeam.img_s`); killed on exit, and each stops by itself if this process dies."""
+    together (`WorkerTeam.img_s`); killed on exit, and each stops by itself if this process dies. `sessions`:
+    "own" starts each in a session of its own, as `ablate run --workers N` starts its workers by default;
+    "same" keeps them in this one (`ablate run --worker-sessions same`)."""
+    if sessions not in SESSIONS:
+        raise ValueError(f"sessions={sessions!r}: one of {', '.join(SESSIONS)}")
     args = [str(warmup), *_companion_args(model, batch_size, resolve_device(device), amp, threads)]
-    with _companions(_TIMED_COMPANION_CODE, args, n, threads, "ready", stdin=subprocess.PIPE) as procs:
+    with _companions(_TIMED_COMPANION_CODE, args, n, threads, "ready", stdin=subprocess.PIPE,
+                     new_session=sessions == "own") as procs:
         yield WorkerTeam(procs, batch_size)
 
 
 def bench_contended(model: str | ResMaskNet, *, batch_size: int = 32, device: str | torch.device | None = None,
                     steps: int = 10, warmup: int = 2, seconds: float = 10.0, rounds: int = 2,
                     cpu_bf16: bool = False, overrides: dict[str, Any] | None = None,
-                    core: int | None = None, workers: int = 1, busy_session: str = "own") -> dict[str, Any]:
+                    core: int | None = None, workers: int = 1, busy_session: str = "own",
+                    worker_sessions: str = "own") -> dict[str, Any]:
     """Training throughput idle and with one core kept busy by another process, measured in the same run.
 
     Each round measures idle, then contended (a fresh busy process each time), then, with more than one
     thread, one thread on the idle machine; the best of each counts. With `workers` > 1, `workers` separate
     processes of this process's thread count train at once, as `ablate run --workers N` runs a study's
     trials, each through the same `seconds`-long window (`steps` does not apply), and the throughputs are
-    their sums (no one-thread measurement then). `busy_session`: where the busy process runs (`busy_core`):
-    "own", a session of its own, as another program's; "same", this one's.
+    their sums (no one-thread measurement then), each in a session of its own or in this one
+    (`worker_sessions`, see `worker_team`). `busy_session`: where the busy process runs (`busy_core`): "own", a
+    session of its own, as another program's; "same", this one's.
     Keys: model, device, batch_size, threads, omp_wait_policy, train_idle_img_s, train_contended_img_s,
     contended_ratio (contended / idle), train_one_thread_img_s and one_thread_ratio (one thread idle, over idle;
-    None with one thread or on CUDA), busy_core, busy_session, sched_autogroup (`runtime.sched_autogroup`),
+    None with one thread or on CUDA), busy_core, busy_session, worker_sessions (None with one worker),
+    sched_autogroup (`runtime.sched_autogroup`),
     busy_cpu_s (CPU seconds the competitor got while training
     was measured), busy_share (busy_cpu_s over the contended wall time: about 1.0 when it really ran)."""
     from resmasknet.registry import create_model
@@ -542,8 +551,9 @@ def bench_contended(model: str | ResMaskNet, *, batch_size: int = 32, device: st
         raise ValueError(f"batch_size={batch_size} must be >= 2 (BatchNorm needs two images to train)")
     if rounds < 1 or workers < 1:
         raise ValueError(f"rounds={rounds} and workers={workers} must be >= 1")
-    if busy_session not in BUSY_SESSIONS:
-        raise ValueError(f"busy_session={busy_session!r}: one of {', '.join(BUSY_SESSIONS)}")
+    for name, value in (("busy_session", busy_session), ("worker_sessions", worker_sessions)):
+        if value not in SESSIONS:
+            raise ValueError(f"{name}={value!r}: one of {', '.join(SESSIONS)}")
     dev = resolve_device(device)
     net = create_model(model, **(overrides or {})) if isinstance(model, str) else model
     cfg = net.config
@@ -562,7 +572,7 @@ def bench_contended(model: str | ResMaskNet, *, batch_size: int = 32, device: st
     with contextlib.ExitStack() as stack:
         if workers > 1:
             team = stack.enter_context(worker_team(net, workers, batch_size=batch_size, device=dev, amp=amp,
-                                                   threads=threads, warmup=warmup))
+                                                   threads=threads, warmup=warmup, sessions=worker_sessions))
 
             def measure() -> float:
                 return team.img_s(seconds)
@@ -594,7 +604,8 @@ def bench_contended(model: str | ResMaskNet, *, batch_size: int = 32, device: st
         "bf16": amp, "rounds": rounds,
         "train_idle_img_s": idle, "train_contended_img_s": contended, "contended_ratio": contended / idle,
         "train_one_thread_img_s": one_thread or None, "one_thread_ratio": one_thread / idle if one_thread else None,
-        "busy_core": busy_core_used, "busy_session": busy_session, "sched_autogroup": sched_autogroup(),
+        "busy_core": busy_core_used, "busy_session": busy_session,
+        "worker_sessions": worker_sessions if workers > 1 else None, "sched_autogroup": sched_autogroup(),
         "busy_cpu_s": busy_cpu if cpu_known else None,
         "busy_share": busy_cpu / busy_wall if cpu_known and busy_wall > 0 else None,
         "torch": torch.__version__,
@@ -614,9 +625,11 @@ def format_contended(rows: Sequence[dict[str, Any]]) -> str:
     teams = any(r.get("workers", 1) > 1 for r in rows)
     sessions = list(dict.fromkeys(r.get("busy_session", "same") for r in rows))
     both = len(sessions) > 1
-    cells = [[*head[:2], *(["workers"] if teams else []), *(["busy session"] if both else []), *head[2:]]
-             + (["busy / best idle"] if several else [])] + [[
+    team_sessions = list(dict.fromkeys(r["worker_sessions"] for r in rows if r.get("worker_sessions")))
+    cells = [[*head[:2], *(["workers"] if teams else []), *(["worker sessions"] if len(team_sessions) > 1 else []),
+              *(["busy session"] if both else []), *head[2:]] + (["busy / best idle"] if several else [])] + [[
         r["model"], str(r["threads"]), *([str(r.get("workers", 1))] if teams else []),
+        *([r.get("worker_sessions") or "-"] if len(team_sessions) > 1 else []),
         *([r.get("busy_session", "same")] if both else []), r["omp_wait_policy"],
         f"{r['train_idle_img_s']:.1f}",
         f"{r['train_contended_img_s']:.1f}", f"{r['contended_ratio']:.2f}", opt(r.get("train_one_thread_img_s"), ".1f"),
@@ -630,6 +643,10 @@ def format_contended(rows: Sequence[dict[str, Any]]) -> str:
                            "session keeps its core and this session's processes share the other one",
                      False: "off: the kernel shares the CPU between processes, whatever their session",
                      None: "unknown"}[r.get("sched_autogroup")]
+        team_where = " or ".join({"own": "each in a session of its own (as `ablate run` starts them)",
+                                  "same": "in the bench's session (`ablate run --worker-sessions same`)"}[x]
+                                 for x in team_sessions) + (" (worker sessions: own or same)"
+                                                            if len(team_sessions) > 1 else "")
         lines.append(f"\ndevice {r['device']}, batch {r['batch_size']}, torch {r['torch']}. busy-core: another "
                      f"process spins on core {r['busy_core']} while training is measured, "
                      + (" or ".join(where[x] for x in sessions) + " (busy session: own or same)" if both
@@ -639,7 +656,7 @@ def format_contended(rows: Sequence[dict[str, Any]]) -> str:
                      "leaves about that: each parallel region waits for the thread that shares its core); busy "
                      "share: the share of one core the busy process got meanwhile."
                      + (" workers: that many training processes at once, as `ablate run --workers N` runs a "
-                        "study's trials; their img/s summed." if teams else "")
+                        f"study's trials, {team_where}; their img/s summed." if teams else "")
                      + (" busy / best idle: busy-core img/s over the best idle img/s of that model at any "
                         "thread count measured here." if several else ""))
     return "\n".join(lines)

@@ -156,6 +156,8 @@ def test_worker_team_trains_in_separate_processes_at_once():
     with worker_team(create_model("resmasknet_tiny"), 2, batch_size=4, device="cpu", threads=1, warmup=1) as team:
         procs = team.procs
         assert len(procs) == 2 and all(p.poll() is None and p.pid != os.getpid() for p in procs)
+        # each in a session of its own by default, as `ablate run` starts its workers
+        assert all(os.getsid(p.pid) == p.pid for p in procs)
         before = [_cpu_seconds(p.pid) for p in procs]
         time.sleep(0.5)  # waiting between windows, they do not train
         idle = [_cpu_seconds(p.pid) - b for p, b in zip(procs, before)]
@@ -168,6 +170,12 @@ def test_worker_team_trains_in_separate_processes_at_once():
         # both trained during the window: each used a good part of a core through it
         assert all(u > 0.3 for u in used), used
     assert all(p.poll() is not None for p in procs)
+    with worker_team(create_model("resmasknet_tiny"), 2, batch_size=4, device="cpu", threads=1, warmup=1,
+                     sessions="same") as team:  # `ablate run --worker-sessions same`: this session
+        assert all(os.getsid(p.pid) == os.getsid(0) for p in team.procs)
+    with pytest.raises(ValueError, match="sessions='x'"), worker_team(create_model("resmasknet_tiny"), 2,
+                                                                      batch_size=4, sessions="x"):
+        pass
 
 
 @pytest.mark.parametrize("kind", ["busy core", "other worker", "measured worker"])
@@ -395,12 +403,25 @@ def test_cli_bench_contended_measures_a_studys_workers_together(tmp_path, capsys
     rows = json.loads(out.read_text())
     # one row per worker count; two one-thread processes measured together have no one-thread reference
     assert rc == 0 and [(r["threads"], r["workers"]) for r in rows] == [(1, 1), (1, 2)]
+    assert [r["worker_sessions"] for r in rows] == [None, "own"]  # own sessions by default, as `ablate run`
+    assert "each in a session of its own (as `ablate run` starts them)" in text
     assert rows[1]["train_one_thread_img_s"] is None
     assert rows[1]["contended_ratio"] == pytest.approx(rows[1]["train_contended_img_s"] / rows[1]["train_idle_img_s"])
     # the table gains a workers column only when a row has several
     head = text.splitlines()[0].split()
     assert head[:3] == ["model", "threads", "workers"] and "workers: that many training processes" in text
     assert "workers" not in format_contended(rows[:1]).splitlines()[0]
+    # both kinds of worker sessions in one run: one row each for the team, a column to tell them apart
+    try:
+        rc = main(["bench", "--contended", *quick, "--threads", "1", "--workers", "2", "--worker-sessions", "own",
+                   "same", "--json", str(out)])
+        text = capsys.readouterr().out
+    finally:
+        torch.set_num_threads(before)
+    rows = json.loads(out.read_text())
+    assert rc == 0 and [r["worker_sessions"] for r in rows] == ["own", "same"]
+    assert text.splitlines()[0].split()[:5] == ["model", "threads", "workers", "worker", "sessions"]
+    assert [line.split()[3] for line in text.splitlines()[1:3]] == ["own", "same"]
     # several worker counts need --contended, and a count must be positive
     assert main(["bench", *quick, "--workers", "1", "2"]) == 2
     assert main(["bench", "--contended", *quick, "--workers", "0"]) == 2

@@ -6,7 +6,8 @@
     ablate bench --contended --model resmasknet_cpu --threads 2     # idle vs one busy core, and the ratio
     ablate bench --contended --model resmasknet_cpu --threads 2 3 4 # thread counts compared in one run
     ablate bench --contended --model resmasknet_cpu --threads 2 1 --workers 1 2  # a study's 2 workers too
-    ablate bench --contended --model resmasknet_cpu --threads 1 --workers 2 --busy-session own same
+    ablate bench --contended --model resmasknet_cpu --threads 1 --workers 2 --busy-session own same \
+        --worker-sessions own same                                    # where the busy process and workers run
     ablate bench --study fer_per_stage --device cuda                 # the study's projected cost (ablate.cost)
     ablate bench --study paper_scale --data-sizes 28709,3589,3589 --epochs 50
     ablate bench --study fer_stage_left_out_cpu --threads 1 --fit 120 --workers 2   # whole seeds in 2 hours
@@ -48,6 +49,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "program from another terminal, ssh login or cron runs) or in this one (same: as a job "
                         "started with & from this shell); both may be given, each measured in the same run. They "
                         "differ where the kernel shares the CPU between sessions first (autogroup)")
+    p.add_argument("--worker-sessions", nargs="+", choices=("own", "same"), default=["own"], metavar="WHERE",
+                   help="with --contended --workers N (N > 1): start the training processes each in a session of "
+                        "its own (own, the default, as `ablate run` starts its workers) or in this one (same); "
+                        "both may be given")
     p.add_argument("--study", metavar="STUDY",
                    help="project a grid study's cost here instead: time each of its networks once, then "
                         "epochs x splits / throughput per cell")
@@ -82,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
                   f"several with --contended", file=sys.stderr)
             return 2
     sessions = list(dict.fromkeys(args.busy_session))
+    team_sessions = list(dict.fromkeys(args.worker_sessions))
     args.workers = workers[0]  # --study takes one count
     torch.set_num_threads(threads[0])
     dev = resolve_device(args.device)
@@ -104,13 +110,16 @@ def run(args: argparse.Namespace) -> int:
     if args.contended:
         rows = []
         for n in names:
-            for b, t, w in ((b, t, w) for b in sessions for w in workers for t in threads):
+            cases = [(b, t, w, ws) for b in sessions for w in workers for ws in (team_sessions if w > 1 else ["own"])
+                     for t in threads]
+            for b, t, w, ws in cases:
                 torch.set_num_threads(t)
                 row = bench_contended(n, batch_size=args.batch_size, device=dev, steps=args.steps,
                                       warmup=args.warmup, seconds=args.seconds, rounds=args.rounds,
                                       cpu_bf16=args.bf16_cpu, overrides=overrides, core=args.busy_core,
-                                      workers=w, busy_session=b)
+                                      workers=w, busy_session=b, worker_sessions=ws)
                 print(f"  {n}, {t} threads" + (f" x {w} workers" if w > 1 else "")
+                      + (f" in {ws} sessions" if w > 1 and len(team_sessions) > 1 else "")
                       + (f", busy process in {b} session" if len(sessions) > 1 else "") + ": train "
                       f"{row['train_idle_img_s']:.1f} img/s idle, "
                       f"{row['train_contended_img_s']:.1f} with a busy core ({row['contended_ratio']:.2f}x)"
