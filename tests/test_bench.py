@@ -323,22 +323,34 @@ def test_cli_bench_contended(tmp_path, capsys):
     assert {"train_idle_img_s", "train_contended_img_s", "contended_ratio"} <= row.keys()
 
 
-def test_cli_bench_contended_compares_thread_counts_in_one_run(tmp_path, capsys):
+CONTENDED_QUICK = ["--model", "resmasknet_tiny", "--batch-size", "4", "--steps", "1", "--warmup", "1", "--rounds",
+                   "1", "--seconds", "1", "--device", "cpu"]
+
+
+def contended_cli(tmp_path, capsys, *extra: str) -> tuple[int, str, list[dict]]:
+    """`ablate bench --contended` on the tiny preset with `extra` flags: (exit code, stdout, JSON rows); torch's
+    thread count is given back afterwards."""
     import torch
+
+    from ablate.cli import main
+
+    before = torch.get_num_threads()
+    out = tmp_path / "c.json"
+    try:
+        rc = main(["bench", "--contended", *CONTENDED_QUICK, *extra, "--json", str(out)])
+        text = capsys.readouterr().out
+    finally:
+        torch.set_num_threads(before)
+    return rc, text, json.loads(out.read_text()) if rc == 0 else []
+
+
+def test_cli_bench_contended_compares_thread_counts_in_one_run(tmp_path, capsys):
 
     from ablate.cli import main
     from resmasknet.bench import best_idle, format_contended
 
-    before = torch.get_num_threads()
-    out = tmp_path / "c.json"
-    quick = ["--model", "resmasknet_tiny", "--batch-size", "4", "--steps", "1", "--warmup", "1", "--rounds", "1",
-             "--seconds", "1", "--device", "cpu"]
-    try:
-        rc = main(["bench", "--contended", *quick, "--threads", "1", "3", "--json", str(out)])
-        text = capsys.readouterr().out
-    finally:
-        torch.set_num_threads(before)
-    rows = json.loads(out.read_text())
+    quick = CONTENDED_QUICK
+    rc, text, rows = contended_cli(tmp_path, capsys, "--threads", "1", "3")
     # one row per thread count, each measured at that count (three threads on two cores included)
     assert rc == 0 and [r["threads"] for r in rows] == [1, 3]
     # the extra column: busy-core img/s over the best idle img/s of the model at any count, by hand
@@ -354,22 +366,13 @@ def test_cli_bench_contended_compares_thread_counts_in_one_run(tmp_path, capsys)
 
 
 def test_cli_bench_contended_puts_the_busy_process_in_either_session(tmp_path, capsys):
-    import torch
 
     from ablate.cli import main
     from resmasknet.bench import format_contended
     from resmasknet.runtime import sched_autogroup
 
-    before = torch.get_num_threads()
-    out = tmp_path / "c.json"
-    quick = ["--model", "resmasknet_tiny", "--batch-size", "4", "--steps", "1", "--warmup", "1", "--rounds", "1",
-             "--seconds", "1", "--device", "cpu", "--threads", "1"]
-    try:
-        rc = main(["bench", "--contended", *quick, "--busy-session", "own", "same", "--json", str(out)])
-        text = capsys.readouterr().out
-    finally:
-        torch.set_num_threads(before)
-    rows = json.loads(out.read_text())
+    quick = [*CONTENDED_QUICK, "--threads", "1"]
+    rc, text, rows = contended_cli(tmp_path, capsys, "--threads", "1", "--busy-session", "own", "same")
     # one row per session, in the order given, each naming the kernel's autogroup setting
     assert rc == 0 and [r["busy_session"] for r in rows] == ["own", "same"]
     assert all(r["sched_autogroup"] == sched_autogroup() for r in rows)
@@ -386,21 +389,12 @@ def test_cli_bench_contended_puts_the_busy_process_in_either_session(tmp_path, c
 
 
 def test_cli_bench_contended_measures_a_studys_workers_together(tmp_path, capsys):
-    import torch
 
     from ablate.cli import main
     from resmasknet.bench import format_contended
 
-    before = torch.get_num_threads()
-    out = tmp_path / "c.json"
-    quick = ["--model", "resmasknet_tiny", "--batch-size", "4", "--warmup", "1", "--rounds", "1", "--seconds", "1",
-             "--device", "cpu"]
-    try:
-        rc = main(["bench", "--contended", *quick, "--threads", "1", "--workers", "1", "2", "--json", str(out)])
-        text = capsys.readouterr().out
-    finally:
-        torch.set_num_threads(before)
-    rows = json.loads(out.read_text())
+    quick = CONTENDED_QUICK
+    rc, text, rows = contended_cli(tmp_path, capsys, "--threads", "1", "--workers", "1", "2")
     # one row per worker count; two one-thread processes measured together have no one-thread reference
     assert rc == 0 and [(r["threads"], r["workers"]) for r in rows] == [(1, 1), (1, 2)]
     assert [r["worker_sessions"] for r in rows] == [None, "own"]  # own sessions by default, as `ablate run`
@@ -412,13 +406,8 @@ def test_cli_bench_contended_measures_a_studys_workers_together(tmp_path, capsys
     assert head[:3] == ["model", "threads", "workers"] and "workers: that many training processes" in text
     assert "workers" not in format_contended(rows[:1]).splitlines()[0]
     # both kinds of worker sessions in one run: one row each for the team, a column to tell them apart
-    try:
-        rc = main(["bench", "--contended", *quick, "--threads", "1", "--workers", "2", "--worker-sessions", "own",
-                   "same", "--json", str(out)])
-        text = capsys.readouterr().out
-    finally:
-        torch.set_num_threads(before)
-    rows = json.loads(out.read_text())
+    rc, text, rows = contended_cli(tmp_path, capsys, "--threads", "1", "--workers", "2", "--worker-sessions", "own",
+                                   "same")
     assert rc == 0 and [r["worker_sessions"] for r in rows] == ["own", "same"]
     assert text.splitlines()[0].split()[:5] == ["model", "threads", "workers", "worker", "sessions"]
     assert [line.split()[3] for line in text.splitlines()[1:3]] == ["own", "same"]
