@@ -640,9 +640,6 @@ def worker_env(threads: int, parent_pid: int | None = None) -> dict[str, str]:
     return env
 
 
-WORKER_SESSIONS = ("own", "same")
-
-
 def spawn_workers(study_ref: str, n: int, session: Session, workers_per_gpu: int | None = None,
                   sessions: str = "own") -> int:
     """Start local `ablate worker` processes with the cores split between them (n, or workers_per_gpu x GPUs
@@ -654,9 +651,9 @@ def spawn_workers(study_ref: str, n: int, session: Session, workers_per_gpu: int
     core busy, two workers on two cores then share the free core. In sessions of their own they get a process's
     share each, as they would without autogroup (README, "Training and evaluation"). Ctrl-C reaches only this
     process then, which stops the workers as before; Ctrl-Z and `fg` are passed on to them (`_pass_job_control`)."""
-    if sessions not in WORKER_SESSIONS:
-        raise ValueError(f"sessions={sessions!r}: one of {', '.join(WORKER_SESSIONS)}")
-    own = sessions == "own" and os.name == "posix"
+    from resmasknet.runtime import new_session
+
+    own = new_session(sessions, "sessions")
     try:
         import torch
 

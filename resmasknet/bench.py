@@ -46,9 +46,9 @@ from torch import nn
 
 from resmasknet.augment import augment_batch
 from resmasknet.model import ResMaskNet, count_parameters
-from resmasknet.runtime import resolve_device, sched_autogroup, use_bf16_autocast
+from resmasknet.runtime import new_session, resolve_device, sched_autogroup, use_bf16_autocast
 
-__all__ = ["SESSIONS", "BusyProcess", "WorkerTeam", "bench", "bench_contended", "bench_model", "busy_core",
+__all__ = ["BusyProcess", "WorkerTeam", "bench", "bench_contended", "bench_model", "busy_core",
            "format_contended", "format_table", "other_workers", "text_table", "worker_team"]
 
 log = logging.getLogger(__name__)
@@ -307,9 +307,6 @@ while os.getppid() == parent:  # an orphan (the bench was killed) stops by itsel
 """
 
 
-SESSIONS = ("own", "same")
-
-
 @dataclass
 class BusyProcess:
     """The running competitor: its process, the core it is pinned to (-1: not pinned) and its session ("own":
@@ -317,7 +314,7 @@ class BusyProcess:
 
     process: subprocess.Popen
     core: int
-    session: str = "same"
+    session: str
 
     def cpu_seconds(self) -> float | None:
         """CPU time the competitor has used so far (Linux /proc), or None where that cannot be read."""
@@ -346,12 +343,11 @@ def busy_core(core: int | None = None, session: str = "own") -> Iterator[BusyPro
     kernel shares the CPU between sessions first (`runtime.sched_autogroup`), the two differ: beside a busy
     process of its own session, this session's processes get their fair share of the busy core too; beside
     one of another session, only the free core (README, "Training and evaluation")."""
-    if session not in SESSIONS:
-        raise ValueError(f"session={session!r}: one of {', '.join(SESSIONS)}")
+    own = new_session(session)
     core = _default_busy_core() if core is None else core
     proc = subprocess.Popen([sys.executable, "-c", _BUSY_CODE, str(core)], stdout=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            start_new_session=session == "own")
+                            start_new_session=own)
     try:
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != b"spinning":  # it started and pinned itself
@@ -517,11 +513,10 @@ def worker_team(model: ResMaskNet, n: int, *, batch_size: int, device: str | tor
     together (`WorkerTeam.img_s`); killed on exit, and each stops by itself if this process dies. `sessions`:
     "own" starts each in a session of its own, as `ablate run --workers N` starts its workers by default;
     "same" keeps them in this one (`ablate run --worker-sessions same`)."""
-    if sessions not in SESSIONS:
-        raise ValueError(f"sessions={sessions!r}: one of {', '.join(SESSIONS)}")
+    own = new_session(sessions, "sessions")
     args = [str(warmup), *_companion_args(model, batch_size, resolve_device(device), amp, threads)]
     with _companions(_TIMED_COMPANION_CODE, args, n, threads, "ready", stdin=subprocess.PIPE,
-                     new_session=sessions == "own") as procs:
+                     new_session=own) as procs:
         yield WorkerTeam(procs, batch_size)
 
 
@@ -551,9 +546,8 @@ def bench_contended(model: str | ResMaskNet, *, batch_size: int = 32, device: st
         raise ValueError(f"batch_size={batch_size} must be >= 2 (BatchNorm needs two images to train)")
     if rounds < 1 or workers < 1:
         raise ValueError(f"rounds={rounds} and workers={workers} must be >= 1")
-    for name, value in (("busy_session", busy_session), ("worker_sessions", worker_sessions)):
-        if value not in SESSIONS:
-            raise ValueError(f"{name}={value!r}: one of {', '.join(SESSIONS)}")
+    new_session(busy_session, "busy_session")  # refuse a bad choice before anything is measured
+    new_session(worker_sessions, "worker_sessions")
     dev = resolve_device(device)
     net = create_model(model, **(overrides or {})) if isinstance(model, str) else model
     cfg = net.config

@@ -32,8 +32,8 @@ from typing import Any
 
 __all__ = ["BF16_CPU_FLAGS", "StorageError", "atomic_dir", "atomic_write", "atomic_write_json", "atomic_write_text",
            "bf16_support", "busy_machine_note", "configure_threads", "cpu_bf16_support", "cpu_flags", "cpu_has_bf16",
-           "describe_device", "others_busy_cores", "sched_autogroup", "resolve_device", "storage_error", "usable_cores",
-           "use_bf16_autocast"]
+           "describe_device", "new_session", "others_busy_cores", "resolve_device", "sched_autogroup", "storage_error",
+           "usable_cores", "use_bf16_autocast"]
 
 log = logging.getLogger(__name__)
 
@@ -320,6 +320,19 @@ def sched_autogroup(path: str | os.PathLike = SCHED_AUTOGROUP) -> bool | None:
             return fh.read().strip() != "0"
     except (OSError, ValueError):
         return None
+
+
+SESSIONS = ("own", "same")
+
+
+def new_session(where: str, name: str = "session") -> bool:
+    """Whether a child process started for `where` ("own": a session of its own, as a program from another
+    terminal runs; "same": this process's session) gets `start_new_session` (only on POSIX). Where the kernel
+    shares the CPU between sessions first (`sched_autogroup`) the two differ; a bad `where` raises ValueError
+    naming `name`."""
+    if where not in SESSIONS:
+        raise ValueError(f"{name}={where!r}: one of {', '.join(SESSIONS)}")
+    return where == "own" and os.name == "posix"
 
 
 def _cpu_busy_seconds(stat: str | os.PathLike) -> float | None:

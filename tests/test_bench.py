@@ -276,6 +276,16 @@ def test_sched_autogroup_reads_the_kernel_setting(tmp_path):
     assert sched_autogroup(tmp_path / "missing") is None
 
 
+def test_new_session_says_which_child_gets_a_session_of_its_own():
+    import os
+
+    from resmasknet.runtime import new_session
+
+    assert new_session("own") is (os.name == "posix") and new_session("same") is False
+    with pytest.raises(ValueError, match="busy_session='mine': one of own, same"):
+        new_session("mine", "busy_session")
+
+
 def test_bench_contended_reports_idle_busy_and_ratio():
     import pytest
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from resmasknet.runtime import SESSIONS  # no torch: resmasknet.runtime loads without it
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="throughput (train, eval, data pipeline) and peak memory per preset")
@@ -44,12 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(what one free core gives); shows what OMP_WAIT_POLICY=PASSIVE, set by `ablate`, buys")
     p.add_argument("--busy-core", type=int, metavar="N",
                    help="with --contended: the core the busy process is pinned to (default: the last one)")
-    p.add_argument("--busy-session", nargs="+", choices=("own", "same"), default=["own"], metavar="WHERE",
+    p.add_argument("--busy-session", nargs="+", choices=SESSIONS, default=["own"], metavar="WHERE",
                    help="with --contended: start the busy process in a session of its own (own, the default: as a "
                         "program from another terminal, ssh login or cron runs) or in this one (same: as a job "
                         "started with & from this shell); both may be given, each measured in the same run. They "
                         "differ where the kernel shares the CPU between sessions first (autogroup)")
-    p.add_argument("--worker-sessions", nargs="+", choices=("own", "same"), default=["own"], metavar="WHERE",
+    p.add_argument("--worker-sessions", nargs="+", choices=SESSIONS, default=["own"], metavar="WHERE",
                    help="with --contended --workers N (N > 1): start the training processes each in a session of "
                         "its own (own, the default, as `ablate run` starts its workers) or in this one (same); "
                         "both may be given")

@@ -18,6 +18,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from resmasknet.runtime import SESSIONS  # no torch: resmasknet.runtime loads without it
+
 log = logging.getLogger(__name__)
 
 
@@ -47,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers-per-gpu", type=int, metavar="N",
                    help="with CUDA: N worker processes per GPU (N x GPUs in all, devices assigned round-robin); "
                         "overrides --workers. Without CUDA: ignored (--workers on the CPU)")
-    p.add_argument("--worker-sessions", choices=("own", "same"), default="own",
+    p.add_argument("--worker-sessions", choices=SESSIONS, default="own",
                    help="with several workers: start each in a session of its own (own, the default) or in this "
                         "one (same). Where the kernel shares the CPU between sessions first (autogroup), the "
                         "workers of one session get one session's share together: beside a program of another "
