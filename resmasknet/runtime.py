@@ -306,20 +306,33 @@ def usable_cores(cpu_max: str | os.PathLike = CGROUP_CPU_MAX) -> int:
 
 PROC_STAT = "/proc/stat"
 SCHED_AUTOGROUP = "/proc/sys/kernel/sched_autogroup_enabled"
+SELF_AUTOGROUP = "/proc/self/autogroup"
 
 
-def sched_autogroup(path: str | os.PathLike = SCHED_AUTOGROUP) -> bool | None:
-    """Whether Linux shares the CPU between sessions before it shares it between their processes (the kernel's
-    autogroup, `kernel.sched_autogroup_enabled`); None where that cannot be read (not Linux, or no autogroup in
-    the kernel). When it is on, a program started in another session (another terminal, an ssh login, cron)
-    gets as much CPU as all of this session's processes together: beside one that keeps a core busy, the
-    processes of one session share the other core, however many they are. A process in a cgroup of its own
-    (a systemd service, a container with the cpu controller) is shared out by cgroup, to the same effect."""
+def sched_autogroup(path: str | os.PathLike = SCHED_AUTOGROUP,
+                    task: str | os.PathLike = SELF_AUTOGROUP) -> bool | None:
+    """Whether Linux shares the CPU between sessions before it shares it between their processes, for this
+    process (the kernel's autogroup, `kernel.sched_autogroup_enabled`); None where that cannot be read (not
+    Linux, or no autogroup in the kernel). When it is on, a program started in another session (another
+    terminal, an ssh login, cron) gets as much CPU as all of this session's processes together: beside one
+    that keeps a core busy, the processes of one session share the other core, however many they are.
+    A process of the first session (init's, never moved by `setsid`, as in many containers and CI jobs) is in
+    the kernel's default group, which is no autogroup: `task` (/proc/self/autogroup) is empty, and this
+    session's processes are shared out one by one beside other sessions' groups, so this says False. (A
+    process in a cpu cgroup of its own, a systemd service or a container with the cpu controller, is shared
+    out by cgroup, to the same effect as autogroup.)"""
     try:
         with open(path) as fh:
-            return fh.read().strip() != "0"
+            enabled = fh.read().strip() != "0"
     except (OSError, ValueError):
         return None
+    if enabled:
+        try:
+            with open(task) as fh:
+                return bool(fh.read().strip())
+        except OSError:
+            pass
+    return enabled
 
 
 SESSIONS = ("own", "same")

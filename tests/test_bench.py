@@ -248,9 +248,9 @@ def test_busy_core_runs_in_a_session_of_its_own_or_in_this_one():
 
     from resmasknet.bench import busy_core
 
-    def autogroup(pid: int | str) -> str | None:  # the kernel's scheduling group, where it has autogroup
-        path = Path(f"/proc/{pid}/autogroup")
-        return path.read_text().split()[0] if path.exists() else None
+    def autogroup(pid: int | str) -> str | None:  # the kernel's scheduling group, where autogroup applies
+        path = Path(f"/proc/{pid}/autogroup")  # empty for a process in a cpu cgroup of its own (a CI job)
+        return (path.read_text().split() or [None])[0] if path.exists() else None
 
     # "own" (the default): a new session, led by the busy process itself, as another terminal's program runs
     with busy_core(-1) as busy:
@@ -272,8 +272,13 @@ def test_sched_autogroup_reads_the_kernel_setting(tmp_path):
 
     (tmp_path / "on").write_text("1\n")
     (tmp_path / "off").write_text("0\n")
-    assert sched_autogroup(tmp_path / "on") is True and sched_autogroup(tmp_path / "off") is False
-    assert sched_autogroup(tmp_path / "missing") is None
+    (tmp_path / "group").write_text("/autogroup-85 nice 0\n")  # /proc/self/autogroup in the root cpu cgroup
+    (tmp_path / "cgroup").write_text("")  # what the kernel shows a process in a cpu cgroup of its own
+    assert sched_autogroup(tmp_path / "on", tmp_path / "group") is True
+    assert sched_autogroup(tmp_path / "off", tmp_path / "group") is False
+    assert sched_autogroup(tmp_path / "on", tmp_path / "cgroup") is False  # on, but not for this process
+    assert sched_autogroup(tmp_path / "missing", tmp_path / "group") is None
+    assert sched_autogroup(tmp_path / "on", tmp_path / "missing") is True  # a kernel without the task file
 
 
 def test_new_session_says_which_child_gets_a_session_of_its_own():
