@@ -635,7 +635,8 @@ def format_contended(rows: Sequence[dict[str, Any]]) -> str:
         where = {"own": "in a session of its own (as another program's)", "same": "in the bench's session"}
         autogroup = {True: "on: the kernel shares the CPU between sessions first, so a busy process of another "
                            "session keeps its core and this session's processes share the other one",
-                     False: "off: the kernel shares the CPU between processes, whatever their session",
+                     False: "off for this session: the kernel shares the CPU between its processes one by one "
+                            "(autogroup off, or this process in no autogroup, as in init's session)",
                      None: "unknown"}[r.get("sched_autogroup")]
         team_where = " or ".join({"own": "each in a session of its own (as `ablate run` starts them)",
                                   "same": "in the bench's session (`ablate run --worker-sessions same`)"}[x]
