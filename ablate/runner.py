@@ -43,7 +43,6 @@ import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -51,6 +50,13 @@ from optuna.trial import TrialState
 
 from ablate import faults
 from ablate import storage as _storage
+from ablate.session import (  # noqa: F401 - re-exported: tests and callers import them from here too
+    Paths,
+    Session,
+    configure_optuna_logging,
+    load_optuna_study,
+    open_storage,
+)
 from ablate.study import Study
 from ablate.tracking import Tracker
 from resmasknet.runtime import storage_error
@@ -60,12 +66,6 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = float(os.environ.get("ABLATE_HEARTBEAT_S", "15"))
 GRACE_S = float(os.environ.get("ABLATE_GRACE_S", "120"))
 MAX_ATTEMPTS = 3  # a cell's trials that may fail for their own reasons before the cell is given up
-
-
-def configure_optuna_logging() -> None:
-    """Optuna logs every trial at INFO; the CLI and workers keep only its warnings (called by the entry points,
-    not at import: importing this module changes no global state)."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 @dataclass(frozen=True)
@@ -91,63 +91,6 @@ class Backoff:
             d = min(d * 2, self.max_s)
 
 
-@dataclass(frozen=True)
-class Paths:
-    root: Path
-
-    @classmethod
-    def for_study(cls, study: Study, out: str | os.PathLike | None = None) -> Paths:
-        return cls(Path(out) if out else Path("runs") / study.name)
-
-    @property
-    def journal(self) -> Path:
-        return self.root / "optuna.journal"
-
-    @property
-    def tracking_uri(self) -> str:
-        return f"sqlite:///{(self.root / 'mlflow.db').resolve()}"
-
-    @property
-    def artifacts(self) -> Path:
-        return self.root / "mlartifacts"
-
-    def trial_dir(self, number: int) -> Path:
-        return self.root / "trials" / f"{number:04d}"
-
-
-@dataclass
-class Session:
-    """What a worker needs: the study, its Optuna storage and its MLflow tracker."""
-
-    study: Study
-    storage_url: str
-    tracking_uri: str
-    paths: Paths
-    device: str = "cpu"
-    progress: bool = True
-    first_seeds: int | None = None  # a grid run limited to the study's first N seeds (`--first-seeds`)
-
-    def in_scope(self, cell: int | None) -> bool:
-        """Whether this run may run grid cell `cell` (every cell, unless limited to the first seeds)."""
-        if self.first_seeds is None:
-            return True
-        if cell is None:
-            return False
-        return self.study.seeds.index(self.study.cells[cell][1]) < self.first_seeds
-
-    def storage(self) -> optuna.storages.BaseStorage:
-        return open_storage(self.storage_url, self.study.name)
-
-    def tracker(self) -> Tracker:
-        return Tracker(self.tracking_uri, experiment=f"ablate/{self.study.name}",
-                       artifact_root=str(self.paths.artifacts))
-
-
-def open_storage(url: str, study_name: str | None = None) -> optuna.storages.BaseStorage:
-    """See `ablate.storage.open_storage` (a journal is repaired first when its last write was cut off)."""
-    return _storage.open_storage(url, study_name)
-
-
 def study_lock(session: Session) -> contextlib.AbstractContextManager[None]:
     """The study-wide lock (`ablate.storage.study_lock`): enqueueing and failing trials, one process at a time."""
     return _storage.study_lock(session.storage_url, session.study.name)
@@ -155,14 +98,6 @@ def study_lock(session: Session) -> contextlib.AbstractContextManager[None]:
 
 def _directions(study: Study) -> list[Any]:
     return [o.direction for o in study.objectives]
-
-
-def load_optuna_study(session: Session) -> optuna.Study:
-    try:
-        return optuna.load_study(study_name=session.study.name, storage=session.storage())
-    except KeyError as exc:  # optuna: "Record does not exist."
-        raise KeyError(f"no study {session.study.name!r} in {session.storage_url}; start it with "
-                       f"`ablate run {session.study.path}`") from exc
 
 
 def _pid_alive(pid: int) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from ablate import stats
-from ablate.runner import Session, load_optuna_study
+from ablate.session import Session, load_optuna_study
 from ablate.trial import predictions, read_trials
 
 METRIC_EVALUATION = {"test_acc": "test", "test_acc_tta": "test_tta_authors"}

@@ -39,7 +39,7 @@ from resmasknet.runtime import atomic_write_json, describe_device
 if TYPE_CHECKING:
     import optuna
 
-    from ablate.runner import Session
+    from ablate.session import Session
     from ablate.tracking import Tracker
     from resmasknet.evaluate import EvalResult
 
@@ -157,7 +157,7 @@ def read_trials(session: Session, *, download_dir: str | os.PathLike | None = No
     else from its MLflow run's `record` artifact. Without a readable storage, the trial folders are scanned."""
     from optuna.trial import TrialState
 
-    from ablate.runner import load_optuna_study
+    from ablate.session import load_optuna_study
 
     sources = {"files": 0, "mlflow": 0}
     problems: list[str] = []

@@ -89,23 +89,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_ui)
 
 
+# the commands that read a study's results find its output folder the way `ablate.open_study` does
+_READING = ("status", "summarize", "ui", "report", "export")
+
+
 def session_from(args: argparse.Namespace):
-    from ablate.runner import Paths, Session, configure_optuna_logging
-    from ablate.study import load_study
+    """The study session the command's arguments name (`ablate.session.open_session`)."""
+    from ablate.session import configure_optuna_logging, open_session
 
     configure_optuna_logging()
-    study = load_study(args.study)
-    if getattr(args, "tiny", False):
-        study = study.with_tiny()
-    paths = Paths.for_study(study, args.out)
-    storage = args.storage or str(paths.journal)
-    args.storage_path = storage  # main() names it when the journal cannot be read
-    tracking = args.tracking_uri
-    if tracking is None:
-        if storage.startswith("postgresql"):
-            raise ValueError("with a shared --storage, pass a shared --tracking-uri too (e.g. a PostgreSQL "
-                             "database of its own, or an MLflow server), so every machine tracks into one store")
-        tracking = paths.tracking_uri
     device = getattr(args, "device", "cpu")
     if device == "auto":
         from resmasknet.runtime import resolve_device
@@ -116,8 +108,13 @@ def session_from(args: argparse.Namespace):
         import torch
 
         torch.set_num_threads(int(threads))
-    return Session(study=study, storage_url=storage, tracking_uri=tracking, paths=paths, device=device,
-                   progress=not getattr(args, "no_progress", False), first_seeds=getattr(args, "first_seeds", None))
+    session = open_session(args.study, args.out, storage=args.storage, tracking_uri=args.tracking_uri,
+                           device=device, tiny=getattr(args, "tiny", False),
+                           progress=not getattr(args, "no_progress", False),
+                           first_seeds=getattr(args, "first_seeds", None),
+                           must_exist=getattr(args, "command", None) in _READING)
+    args.storage_path = session.storage_url  # main() names it when the journal cannot be read
+    return session
 
 
 @contextlib.contextmanager

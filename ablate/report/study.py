@@ -30,7 +30,7 @@ from ablate.report.page import Page
 from resmasknet.runtime import atomic_dir
 
 if TYPE_CHECKING:
-    from ablate.runner import Session
+    from ablate.session import Session
     from ablate.trial import TrialRecord, TrialSet
     from resmasknet.evaluate import EvalResult
 
@@ -309,7 +309,7 @@ def _load_test_split(study: Any) -> tuple[Any, str | None]:
 
 def _attach(session: Session, folder: Path) -> None:
     try:
-        from ablate.runner import load_optuna_study
+        from ablate.session import load_optuna_study
 
         parent = load_optuna_study(session).user_attrs.get("mlflow_parent_run_id")
         if parent:
