@@ -211,7 +211,15 @@ def _study_and_folder(ref: str | os.PathLike | Study, out: str | os.PathLike | N
             raise StudyNotFound(f"{p}: a folder, but not a study's output (no {JOURNAL}); pass a study file, a study "
                                 f"name, or an output folder made by `ablate run`")
         return stored_study(Paths(p).journal), p
-    study = load_study(ref)
+    try:
+        study = load_study(ref)
+    except FileNotFoundError:
+        if out is None or not Paths(Path(out)).journal.exists():
+            raise
+        study = stored_study(Paths(Path(out)).journal)  # no file here: the design the folder's study ran with
+        if study.name not in (os.fspath(ref), os.fspath(ref) + "-tiny"):
+            raise StudyNotFound(f"{out}: holds study {study.name!r}, not {os.fspath(ref)!r}") from None
+        return study, None
     return (study.with_tiny() if tiny else study), None
 
 

@@ -377,7 +377,9 @@ def load_study(ref: str | os.PathLike) -> Study:
     """A study by path, or by name from `studies/` (`quickstart` -> `studies/quickstart.yaml`)."""
     p = Path(ref)
     if not p.exists() and not p.suffix:
-        for folder in (Path.cwd() / "studies", Path(__file__).resolve().parents[1] / "studies"):
+        here = Path.cwd()  # studies/ here or in a folder above (a notebook's kernel runs in notebooks/)
+        project = Path(__file__).resolve().parents[1] / "studies"
+        for folder in (*(d / "studies" for d in (here, *here.parents)), project):
             if (folder / f"{ref}.yaml").exists():
                 p = folder / f"{ref}.yaml"
                 break

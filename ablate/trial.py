@@ -99,6 +99,24 @@ class TrialRecord:
     def checkpoint(self) -> Path:
         return self.path("best.pt")
 
+    def model(self, device: str = "cpu") -> Any:
+        """The trial's best checkpoint as a network in eval mode on `device`. A missing or unreadable
+        checkpoint is an error naming the trial and the file (never skipped)."""
+        from resmasknet.checkpoint import load_checkpoint
+
+        try:
+            path = self.checkpoint
+        except KeyError as exc:
+            raise FileNotFoundError(f"trial {self.trial} ({self.label}) kept no checkpoint (no best.pt in its "
+                                    f"record)") from exc
+        if not path.exists():
+            raise FileNotFoundError(f"trial {self.trial} ({self.label}): its checkpoint {path} is missing")
+        try:
+            model, _ = load_checkpoint(path, map_location=device)
+        except Exception as exc:
+            raise ValueError(f"trial {self.trial} ({self.label}): {exc}") from exc
+        return model.to(device).eval()
+
     @property
     def label(self) -> str:
         return f"{self.variant}/seed{self.seed}"

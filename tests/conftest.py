@@ -102,3 +102,36 @@ def reference_path() -> Path:
     if not REFERENCE.exists():
         pytest.skip(f"reference outputs not available at {REFERENCE}")
     return REFERENCE
+
+
+FINISHED_STUDY = {
+    "name": "notebookcheck",
+    "base": {"model": "resmasknet_tiny", "data": "generated:n=140,seed=0", "overrides": {"base_width": 4},
+             "train": {"epochs": 1, "max_train_batches": 3, "batch_size": 16, "optimizer": "adamw",
+                       "lr": 0.003, "scheduler": "none"}},
+    "variants": {"masks_on": {}, "masks_off": {"masks.enabled": False}},
+    "baseline": "masks_off",
+    "seeds": [0, 1],
+}
+
+
+@pytest.fixture(scope="session")
+def finished_project(tmp_path_factory) -> Path:
+    """A project folder as a user has it after `ablate run notebookcheck` in its root: `studies/notebookcheck.yaml`
+    and `runs/notebookcheck/` (2 variants x 2 seeds of a tiny network), and an empty `notebooks/`. Shared by the
+    API, explorer and notebook tests: read it, never write into it."""
+    import yaml
+
+    from ablate.cli import main
+
+    root = tmp_path_factory.mktemp("project")
+    (root / "studies").mkdir()
+    (root / "notebooks").mkdir()
+    (root / "studies" / "notebookcheck.yaml").write_text(yaml.safe_dump(FINISHED_STUDY, sort_keys=False))
+    here = os.getcwd()
+    os.chdir(root)
+    try:
+        assert main(["run", "notebookcheck", "--no-progress", "--no-summary"]) == 0
+    finally:
+        os.chdir(here)
+    return root
