@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint bench gpu-check clean
+.PHONY: demo test test-slow lint bench gpu-check browser-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +26,12 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check resmasknet ablate tests
 	$(BIN)/mypy resmasknet ablate
+
+# the mask explorer in a real browser (after `make demo`): JupyterLab on 127.0.0.1, headless Chromium
+# (Debian's `chromium`), every cell of notebooks/mask_explorer.ipynb run; screenshot in reports/browser-check/
+browser-check: $(STAMP)
+	$(BIN)/pip install -q playwright
+	$(BIN)/python tools/browser_check.py
 
 bench: $(STAMP)
 	$(BIN)/ablate bench

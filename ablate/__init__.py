@@ -12,7 +12,14 @@ In a notebook:
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
+
+# a notebook imports ablate before torch: PyTorch's OpenMP threads then sleep rather than spin while they wait
+# (`resmasknet.runtime.configure_threads`; a busy core otherwise slows every forward pass several-fold)
+if "torch" not in sys.modules:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 __all__ = ["StudyResults", "explore", "open_study"]

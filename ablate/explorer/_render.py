@@ -222,7 +222,7 @@ def render(ex: Explorer, v: View) -> Rendered:
                       fill="#b00", font=small)
         y += 44
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    img.save(buf, format="PNG", compress_level=1)  # fast: a 16-face view redraws in ms
     return Rendered(buf.getvalue(), np.asarray(faces), scales, panels, title, notes)
 
 
