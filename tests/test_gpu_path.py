@@ -215,8 +215,8 @@ def test_bench_data_step_copies_nothing_from_the_host_per_step(monkeypatch):
 
 
 # ---- the decision recorded with each run; workers on their own GPU; the report on the GPU -----------------------
-@pytest.mark.parametrize("device,cap", [("cuda:1", TURING), ("cuda:0", AMPERE)], ids=["T4", "A100"])
-def test_a_study_records_the_precision_of_its_workers_gpu(monkeypatch, tmp_path, device, cap):
+@pytest.mark.parametrize("gpu,cap", [("cuda:1", TURING), ("cuda:0", AMPERE)], ids=["T4", "A100"])
+def test_a_study_records_the_precision_of_its_workers_gpu(monkeypatch, tmp_path, gpu, cap):
     import resmasknet.checkpoint as checkpoint
     from ablate.cli.study import session_from
     from ablate.trial import read_trials
@@ -227,7 +227,7 @@ def test_a_study_records_the_precision_of_its_workers_gpu(monkeypatch, tmp_path,
     monkeypatch.setattr(checkpoint, "load_checkpoint",
                         lambda p, map_location="cpu": loads.append(str(map_location)) or real_load(p, map_location))
     study, out = study_file(tmp_path), tmp_path / "run"
-    assert main(["run", str(study), "--device", device, "--out", str(out), "--no-progress", "--no-summary"]) == 0
+    assert main(["run", str(study), "--device", gpu, "--out", str(out), "--no-progress", "--no-summary"]) == 0
     want = expected(cap)
     session = session_from(type("A", (), {"study": str(study), "out": str(out), "storage": None,
                                           "tracking_uri": None, "tiny": False})())
@@ -242,7 +242,7 @@ def test_a_study_records_the_precision_of_its_workers_gpu(monkeypatch, tmp_path,
         for name in ("test", "test_tta_authors"):
             assert json.loads((r.folder / name / "metrics.json").read_text())["info"]["precision"] == want
     # the worker made its own GPU current and trained on it; bf16 only on the A100
-    assert set(fake.set_devices) == {int(device[-1])} and device in fake.moves
+    assert set(fake.set_devices) == {int(gpu[-1])} and gpu in fake.moves
     assert fake.bf16_used() == (want == "bf16")
     # the best checkpoint is read onto the CPU, where the model is built, and moved to the GPU once
     assert loads and set(loads) == {"cpu"}
