@@ -206,10 +206,10 @@ PYTORCH_INDEX = "https://download.pytorch.org/whl"
 # cu130 and cu132 (PyPI's default) start at Turing (7.5).
 CUDA_BUILDS = (("cu126", (12, 6), (5, 0)), ("cu130", (13, 0), (7, 5)), ("cu132", (13, 2), (7, 5)))
 GENERATIONS = {5: "Maxwell", 6: "Pascal", 7: "Volta", 8: "Ampere", 9: "Hopper", 10: "Blackwell", 12: "Blackwell"}
-NVIDIA_SMI_TIMEOUT_S = 10.0
+NVIDIA_SMI_TIMEOUT_S = 5.0
 
 
-def _version_tuple(text: str) -> tuple[int, ...] | None:
+def _version_tuple(text: str) -> tuple[int, int] | None:
     m = re.match(r"\s*(\d+)\.(\d+)", text or "")
     return (int(m.group(1)), int(m.group(2))) if m else None
 
@@ -346,13 +346,12 @@ def cuda_unavailable_reason(spec: str) -> str:
 def arch_supported(capability: tuple[int, int], arch_list: list[str]) -> bool:
     """Whether a PyTorch build with `arch_list` (`torch.cuda.get_arch_list()`: "sm_75", "compute_120", ...) runs
     on a GPU of `capability`: a kernel of the same major version and an equal or lower minor one (sm_60 serves a
-    6.1), or PTX of an equal or lower version, which the driver compiles. An empty list (unknown) counts as yes."""
-    if not arch_list:
+    6.1), or PTX of an equal or lower version, which the driver compiles. A list with no CUDA architecture in it
+    (empty: unknown; a ROCm build's gfx names) counts as yes."""
+    cuda_archs = [m for m in (re.fullmatch(r"(sm|compute)_(\d+?)(\d)[a-z]?", a) for a in arch_list) if m]
+    if not cuda_archs:
         return True
-    for arch in arch_list:
-        m = re.fullmatch(r"(sm|compute)_(\d+?)(\d)[a-z]?", arch)
-        if not m:
-            continue
+    for m in cuda_archs:
         built = (int(m.group(2)), int(m.group(3)))
         if m.group(1) == "sm" and built[0] == capability[0] and built[1] <= capability[1]:
             return True

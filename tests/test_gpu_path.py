@@ -425,8 +425,10 @@ def test_which_gpus_a_build_runs_on_and_which_build_fits_a_driver():
     # kernels serve later minor versions of their major one (sm_60 a P40's 6.1, sm_86 an L4's 8.9), not others
     assert arch_supported((6, 1), cu126) and arch_supported((8, 9), cu130) and arch_supported((7, 5), cu130)
     assert not arch_supported((6, 0), cu130) and not arch_supported((7, 0), cu130)
-    # PTX of an equal or lower version is compiled by the driver; an unknown list is no reason to refuse
+    # PTX of an equal or lower version is compiled by the driver; an unknown list, or a ROCm build's, is no
+    # reason to refuse
     assert arch_supported((12, 1), ["sm_90", "compute_120"]) and arch_supported((3, 5), [])
+    assert arch_supported((9, 0), ["gfx90a", "gfx942"])
     # the newest build the driver runs and the GPU has kernels in; a same-major build through minor-version
     # compatibility; none where the driver is older than every build's CUDA
     assert cuda_build_for((13, 2), TURING) == "cu132" and cuda_build_for((13, 1), TURING) == "cu130"
