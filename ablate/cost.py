@@ -6,8 +6,9 @@ time is projected from its recipe and the split sizes:
       + (val images + test images) / score img/s       (the trial's final scoring of its best checkpoint)
     (x 11 test passes when the study scores the authors' 10-draw TTA too)
 
-"score img/s" is the rate of the toolkit's prediction path (`resmasknet.bench.scoring_img_s`): bf16 on CUDA,
-fp32 on a CPU even where training runs under bf16. Cells that differ only by seed share a measurement.
+"score img/s" is the rate of the toolkit's prediction path (`resmasknet.bench.scoring_img_s`): bf16 on a GPU of
+compute capability 8.0 or newer, fp32 on older GPUs and on a CPU even where training runs under bf16
+(`runtime.precision_for`). Cells that differ only by seed share a measurement.
 With `workers` = N > 1, each network is measured while N - 1 other processes train it beside it
 (`resmasknet.bench.other_workers`), as the other workers of `ablate run --workers N` (or `--workers-per-gpu
 N` on one GPU) would: they share the cores' memory bus and caches, or the GPU. `StudyCost.makespan_s` deals
@@ -36,9 +37,10 @@ class CellCost:
     seeds: int
     epochs: int
     train_img_s: float
-    eval_img_s: float  # the rate validation and scoring run at (fp32 on a CPU, bf16 on CUDA)
+    eval_img_s: float  # the rate validation and scoring run at (fp32 on a CPU, bf16 on an Ampere-or-newer GPU)
     seconds_per_seed: float
-    bf16: bool  # measured under bf16 autocast (CUDA; CPU with bf16 units where the recipe asks for it)
+    bf16: bool  # measured under bf16 autocast (`runtime.precision_for`: Ampere-or-newer GPU; CPU with bf16 units
+    # where the recipe asks for it)
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,7 @@ def _project_cells(study: Study, sizes: tuple[int, int, int], dev: Any, epochs: 
     from resmasknet.bench import bench_model, other_workers, scoring_img_s
     from resmasknet.model import ResMaskNet
     from resmasknet.recipe import TrainConfig
-    from resmasknet.runtime import cpu_bf16_support
+    from resmasknet.runtime import precision_for
 
     measured: dict[Any, dict[str, Any]] = {}
     rows = []
@@ -182,7 +184,7 @@ def _project_cells(study: Study, sizes: tuple[int, int, int], dev: Any, epochs: 
         key = (cfg, tcfg.batch_size, tcfg.cpu_bf16)
         if key not in measured:
             net = ResMaskNet(cfg, seed=0)
-            amp = dev.type == "cuda" or (dev.type == "cpu" and tcfg.cpu_bf16 and cpu_bf16_support()[0])
+            amp = precision_for(dev, tcfg.cpu_bf16) == "bf16"  # as training and the bench decide it
             beside = (other_workers(net, workers - 1, batch_size=tcfg.batch_size, device=dev, amp=amp)
                       if workers > 1 else contextlib.nullcontext())
             with beside:

@@ -1,7 +1,11 @@
 """`ablate doctor`: prove the toolkit on one device in one command, and print one table.
 
+Before any step, PyTorch's version is checked (`runtime.check_torch`: a GPU node's own PyTorch, which `make
+gpu-check` uses without network, may be older than the toolkit supports) and the device
+(`runtime.check_device`); either refused ends the doctor with one line, exit status 2, and nothing written.
+
 Steps (each timed; any failure makes the exit status 1):
-    device    the hardware, torch and CUDA versions, bf16 support
+    device    the hardware, torch and CUDA versions, the precision runs use there (bf16 or fp32) and why
     tests     the device tests (`pytest -m device`, ABLATE_TEST_DEVICE set) run on this device
     bench     every preset under fp32, bf16, channels_last, both, and torch.compile, each against fp32
     study     the quickstart study shrunk to seconds, with two workers sharing the device
@@ -59,16 +63,21 @@ def device_test_files(tests: Path) -> list[Path]:
 def step_device(dev: Any, out: Path) -> Step:
     import torch
 
-    from resmasknet.runtime import bf16_support, describe_device
+    from resmasknet.runtime import bf16_support, describe_device, generation, gpu_capability, precision_for
 
     line = describe_device(dev)
     bf16, why = bf16_support(dev)
+    precision = precision_for(dev)
     if dev.type == "cuda":
-        extra = f"CUDA {torch.version.cuda}, capability {'.'.join(map(str, torch.cuda.get_device_capability(dev)))}"
+        cap = gpu_capability(dev)
+        extra = f"CUDA {torch.version.cuda}, capability {cap[0]}.{cap[1]} ({generation(cap)})"
+        if precision == "fp32":
+            extra += "; no native bf16 before Ampere (8.0): training and evaluation run in fp32"
     else:
         extra = f"bf16 units: {why}"
-    return Step("device", detail=f"{line}; torch {torch.__version__}; {extra}; bf16 {'yes' if bf16 else 'no'}",
-                data={"device": line, "torch": torch.__version__, "bf16": bf16})
+    return Step("device", detail=f"{line}; torch {torch.__version__}; {extra}; bf16 {'yes' if bf16 else 'no'}; "
+                f"precision {precision}",
+                data={"device": line, "torch": torch.__version__, "bf16": bf16, "precision": precision})
 
 
 def step_tests(dev: Any, out: Path) -> Step:
@@ -192,12 +201,15 @@ def run_doctor(device: str | None = None, out: str | Path = "runs/doctor", *, on
     """Run the steps in `only` (in STEPS order) on `device`; a step that raises is a failure with the error's
     first line, and the others still run. Writes `<out>/doctor.json` and `<out>/doctor.md` before the first
     step and again after each one: the steps not yet run stand in them as "not run" until they have."""
-    from resmasknet.runtime import atomic_write_json, atomic_write_text, resolve_device
+    from resmasknet.runtime import atomic_write_json, atomic_write_text, check_device, check_torch
 
     unknown = [s for s in only if s not in STEPS]
     if unknown:
         raise ValueError(f"unknown doctor step(s) {unknown}; steps: {', '.join(STEPS)}")
-    dev = resolve_device(device)
+    check_torch()  # before anything else imports torch's newer API: a node's own old PyTorch, in one line
+    import torch
+
+    dev = torch.device(check_device(device))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if compile_models is None:

@@ -511,15 +511,20 @@ def status(session: Session) -> dict[str, Any]:
 
 # ---- local worker processes ----------------------------------------------------------------------------
 def plan_devices(workers: int, device: str, gpus: int, workers_per_gpu: int | None = None) -> list[str]:
-    """The device of each local worker: with CUDA GPUs, `workers_per_gpu` x GPUs workers (else `workers`)
-    assigned round-robin over cuda:0..; without, `workers` on `device`."""
+    """The device of each local worker. `device` wins: on "cuda" with GPUs, `workers_per_gpu` x GPUs workers
+    (else `workers`) assigned round-robin over cuda:0..; on one GPU named ("cuda:1"), `workers_per_gpu` (else
+    `workers`) workers on it; on the CPU (`--device cpu`, or no GPU), `workers` on `device`, whatever
+    `workers_per_gpu` says (one logged line when it is given)."""
     if workers_per_gpu is not None and workers_per_gpu < 1:
         raise ValueError(f"--workers-per-gpu {workers_per_gpu} must be >= 1")
-    if gpus > 0 and (workers_per_gpu is not None or device.startswith("cuda")):
+    if gpus > 0 and device.startswith("cuda"):
+        if device.startswith("cuda:"):
+            return [device] * (workers_per_gpu or workers)  # one GPU asked for by name
         n = workers_per_gpu * gpus if workers_per_gpu is not None else workers
-        if device.startswith("cuda:") and workers_per_gpu is None:
-            return [device] * n  # one GPU asked for by name
         return [f"cuda:{i % gpus}" for i in range(n)]
+    if workers_per_gpu is not None:
+        log.info("--workers-per-gpu %d does not apply on %s: %d worker(s) there (--workers)", workers_per_gpu,
+                 device, workers)
     return [device] * workers
 
 

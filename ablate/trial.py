@@ -3,7 +3,9 @@
 A finished trial's folder (`runs/<study>/trials/NNNN/`) holds
 
     record.json          study, trial number, variant, seed, status, network and training config, metrics,
-                         and the artifact paths below; written last, atomically: its presence means complete
+                         the device and the precision it trained at ("bf16" or "fp32", `runtime.precision_for`;
+                         absent in older records), and the artifact paths below; written last, atomically: its
+                         presence means complete
     test/                the test-split evaluation (`resmasknet.evaluate.EvalResult.save`: metrics.json,
                          predictions.npz with index / label / prediction / probabilities, predictions.csv)
     test_tta_authors/    the same with the authors' TTA (when the study asks for TTA)
@@ -65,6 +67,7 @@ class TrialRecord:
     artifacts: dict[str, str] = field(default_factory=dict)  # name -> path relative to folder
     mlflow_run_id: str | None = None
     device: str | None = None  # the hardware it trained on (`runtime.describe_device`); None in older records
+    precision: str | None = None  # "bf16" or "fp32" (`runtime.precision_for`); None in older records
     folder: Path | None = None
     source: str = "files"  # files | mlflow
 
@@ -81,7 +84,7 @@ class TrialRecord:
                              f"(format {d.get('format')!r}, expected {FORMAT!r})")
         fields = {k: d[k] for k in ("study", "trial", "variant", "seed", "status", "metrics", "config", "train",
                                     "artifacts", "mlflow_run_id")}
-        return cls(**fields, device=d.get("device"), folder=folder, source=source)
+        return cls(**fields, device=d.get("device"), precision=d.get("precision"), folder=folder, source=source)
 
     def path(self, artifact: str) -> Path:
         if self.folder is None or artifact not in self.artifacts:
@@ -235,6 +238,7 @@ def run_trial(session: Session, ostudy: optuna.Study, trial: optuna.Trial, track
     from ablate.study import _split_overrides
     from resmasknet.model import count_macs, count_parameters, module_seed
     from resmasknet.registry import create_model
+    from resmasknet.runtime import precision_for, use_device
     from resmasknet.train import StopTraining, TrainConfig, train
 
     study = session.study
@@ -260,6 +264,10 @@ def run_trial(session: Session, ostudy: optuna.Study, trial: optuna.Trial, track
               **{f"train.{k}": v for k, v in tcfg.to_dict().items()},
               "variant": vname, "seed": seed, "data": study.data, "preset": study.model}
     device = session.device
+    # the one precision decision for this trial, from its own device (a worker's cuda:N); training, validation,
+    # evaluation and latency follow it, and the MLflow run and the record keep it
+    precision = precision_for(device, tcfg.cpu_bf16, "training")
+    params["precision"] = precision
     parent = ostudy.user_attrs["mlflow_parent_run_id"]
     run_id = tracker.start_trial(parent, f"{vname}/seed{seed}", params,
                                  tags={"ablate.study": study.name, "variant": vname, "seed": str(seed),
@@ -283,6 +291,7 @@ def run_trial(session: Session, ostudy: optuna.Study, trial: optuna.Trial, track
 
     try:
         (trial_dir / RECORD).unlink(missing_ok=True)  # a retried cell: never mistake an old record for this one
+        use_device(device)  # a worker on cuda:N: what torch puts on the current GPU goes to N, not to GPU 0
         data = _load_data(str(study.resolved("data")))
         model = create_model(cfg, seed=run_seed)  # masks_off and unapplied at one seed: the same backbone
         if study.pretrained:
@@ -290,14 +299,14 @@ def run_trial(session: Session, ostudy: optuna.Study, trial: optuna.Trial, track
 
             load_imagenet_backbone(model, study.resolved("pretrained"))
         result = train(model, data, tcfg, out_dir=trial_dir, callback=callback, device=device,
-                       progress=session.progress)
+                       progress=session.progress, precision=precision)
         metrics, artifacts = evaluate_trial(model, data, result, trial_dir, device, tta=study.tta)
         metrics["params"] = float(count_parameters(model))
         metrics["macs"] = float(count_macs(model))
         record = TrialRecord(study=study.name, trial=trial.number, variant=vname, seed=int(seed),
                              status="pruned" if pruned else result.status, metrics=metrics, config=cfg.to_dict(),
                              train=tcfg.to_dict(), artifacts=artifacts, mlflow_run_id=run_id,
-                             device=describe_device(device))
+                             device=describe_device(device), precision=getattr(result, "precision", precision))
         write_record(trial_dir, record)
         tracker.log_metrics(run_id, metrics)
         tracker.set_tags(run_id, {"status": record.status})
@@ -349,25 +358,28 @@ def _load_data(spec: str) -> Any:
 def evaluate_trial(model: Any, data: Any, result: Any, trial_dir: Path, device: str, tta: bool = True
                    ) -> tuple[dict[str, float], dict[str, str]]:
     """Evaluate the best checkpoint on validation and test (plain, and with the authors' TTA), save the test
-    evaluations in the trial folder and time inference. Returns (metrics, artifacts)."""
+    evaluations in the trial folder and time inference, all at the device's precision (`runtime.precision_for`,
+    decided once here). Returns (metrics, artifacts)."""
     from resmasknet.checkpoint import load_checkpoint
     from resmasknet.evaluate import evaluate
+    from resmasknet.runtime import precision_for
 
+    precision = precision_for(device)
     best = trial_dir / "best.pt"
-    if best.exists():
-        model, _ = load_checkpoint(best, map_location=device)
+    if best.exists():  # read onto the CPU, where the model is built, then moved to the device once
+        model, _ = load_checkpoint(best, map_location="cpu")
     model = model.to(device).eval()
-    val = evaluate(model, data.select("val"), device=device)
-    test = evaluate(model, data.select("test"), device=device)
+    val = evaluate(model, data.select("val"), device=device, precision=precision)
+    test = evaluate(model, data.select("test"), device=device, precision=precision)
     test.save(trial_dir / "test")
     artifacts = {"test": "test", "history.json": "history.json"}
     if best.exists():
         artifacts["best.pt"] = "best.pt"
     metrics = {"val_acc": float(val.accuracy), "test_acc": float(test.accuracy),
-               "test_macro_f1": float(test.macro_f1), "latency_ms": latency_ms(model, device),
+               "test_macro_f1": float(test.macro_f1), "latency_ms": latency_ms(model, device, precision=precision),
                "epochs_run": float(len(getattr(result, "history", []) or []))}
     if tta:
-        tta_result = evaluate(model, data.select("test"), device=device, tta="authors")
+        tta_result = evaluate(model, data.select("test"), device=device, tta="authors", precision=precision)
         tta_result.save(trial_dir / "test_tta_authors")
         artifacts["test_tta_authors"] = "test_tta_authors"
         metrics["test_acc_tta"] = float(tta_result.accuracy)
@@ -376,15 +388,19 @@ def evaluate_trial(model: Any, data: Any, result: Any, trial_dir: Path, device: 
     return metrics, artifacts
 
 
-def latency_ms(model: Any, device: str, batch: int = 1, reps: int = 5) -> float:
+def latency_ms(model: Any, device: str, batch: int = 1, reps: int = 5, precision: str | None = None) -> float:
+    """Milliseconds per image of a forward pass of `batch` images, at `precision` (default
+    `runtime.precision_for(device)`, as evaluation runs it); the GPU's queue drained around the timing."""
     import torch
 
+    from resmasknet.runtime import autocast, precision_for
+
+    precision = precision or precision_for(device)
     cfg = model.config
-    x = torch.rand(batch, cfg.in_chans, cfg.input_size, cfg.input_size, device=device)
+    x = torch.rand(batch, cfg.in_chans, cfg.input_size, cfg.input_size, device="cpu").to(device)
     x = x.contiguous(memory_format=torch.channels_last)
     cuda = str(device).startswith("cuda")
-    # as evaluation runs it: bf16 autocast on CUDA, fp32 on a CPU; the GPU's queue drained around the timing
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+    with torch.inference_mode(), autocast(device, precision):
         model(x)
         if cuda:
             torch.cuda.synchronize(device)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from resmasknet.model import ResMaskNet
+from resmasknet.runtime import autocast
 
 __all__ = ["TTA_MODES", "augment_batch", "predict_proba", "random_affine", "random_affine_params"]
 
@@ -89,18 +90,17 @@ def augment_batch(model: ResMaskNet, images: Tensor, generator: torch.Generator 
 
 
 def predict_proba(model: nn.Module, x: Tensor, tta: str | None = None, *, generator: torch.Generator | None = None,
-                  draws: int = AUTHORS_TTA_DRAWS, autocast: bool = False) -> Tensor:
+                  draws: int = AUTHORS_TTA_DRAWS, precision: str = "fp32") -> Tensor:
     """Class probabilities [B, K] (float32) for a prepared input batch x, with optional TTA.
 
     tta=None: softmax of one pass. "flip": mean of the softmax of x and of x mirrored (deterministic).
     "authors": the authors' TTA, `draws` random flip/rotation draws of x, softmax outputs summed
-    (divided by `draws` so rows sum to 1; the argmax is theirs). Call under no_grad/inference_mode."""
+    (divided by `draws` so rows sum to 1; the argmax is theirs). Call under no_grad/inference_mode.
+    precision: "bf16" (bf16 autocast) or "fp32", as `runtime.precision_for` decided for the device."""
     if tta not in TTA_MODES:
         raise ValueError(f"tta={tta!r} is not allowed; choose one of None, 'flip', 'authors'")
-    dev_type = x.device.type
-
     def probs(inp: Tensor) -> Tensor:
-        with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=autocast and dev_type == "cuda"):
+        with autocast(x.device, precision):
             logits = model(inp)
         return torch.softmax(logits.float(), dim=1)
 

@@ -1,7 +1,9 @@
 """Throughput and peak memory of a network: training step, evaluation, and the augmented data pipeline.
 
-Each is measured the way `resmasknet.train` runs it (channels_last, `torch.inference_mode`, bf16 autocast
-on CUDA) and, for the network, also the "plain" way the authors' code runs it (contiguous memory format,
+Each is measured the way `resmasknet.train` runs it (channels_last, `torch.inference_mode`, the precision
+`runtime.precision_for` decides: bf16 autocast on a GPU of compute capability 8.0 or newer, fp32 on older ones;
+the data pipeline indexing a device-resident order of the pool, as training indexes its epoch's permutation)
+and, for the network, also the "plain" way the authors' code runs it (contiguous memory format,
 `torch.no_grad`, fp32), so the speed-up is visible. Peak memory: `torch.cuda.max_memory_allocated` on
 CUDA; on CPU the growth of the process's resident-set high-water mark during the phase (reset per phase
 through /proc/self/clear_refs where Linux allows, else `resource.getrusage`, which only ever rises: a 0
@@ -46,7 +48,7 @@ from torch import nn
 
 from resmasknet.augment import augment_batch
 from resmasknet.model import ResMaskNet, count_parameters
-from resmasknet.runtime import new_session, resolve_device, sched_autogroup, use_bf16_autocast
+from resmasknet.runtime import new_session, precision_for, resolve_device, sched_autogroup
 
 __all__ = ["BusyProcess", "WorkerTeam", "bench", "bench_contended", "bench_model", "busy_core",
            "format_contended", "format_table", "other_workers", "text_table", "worker_team"]
@@ -119,8 +121,8 @@ def _timed(fn: Callable[[], Any], dev: torch.device, *, warmup: int, steps: int,
 
 
 def _use_bf16(dev: torch.device, cpu_bf16: bool) -> bool:
-    """bf16 autocast as training decides it (`runtime.use_bf16_autocast`)."""
-    return use_bf16_autocast(dev, cpu_bf16, "measuring")
+    """bf16 autocast as training decides it (`runtime.precision_for`)."""
+    return precision_for(dev, cpu_bf16, "measuring") == "bf16"
 
 
 def _train_step(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, *, amp: bool) -> Callable[[], None]:
@@ -147,8 +149,8 @@ def bench_model(model: str | ResMaskNet, *, batch_size: int = 32, device: str | 
 
     Keys: model, device, batch_size, params, input, train_img_s / eval_img_s / data_img_s (optimised),
     train_plain_img_s / eval_plain_img_s and the speed-ups (when plain=True), *_peak_mb.
-    cpu_bf16: the optimised path uses bf16 autocast on CPU too, where the CPU has bf16 units (always on CUDA);
-    row["bf16"] says what was measured.
+    cpu_bf16: the optimised path uses bf16 autocast on CPU too, where the CPU has bf16 units (on CUDA where
+    the GPU has native bf16: `runtime.precision_for`); row["bf16"] and row["precision"] say what was measured.
     rounds: each measurement is repeated this many times, alternating which path goes first; the best counts."""
     from resmasknet.registry import create_model
 
@@ -171,12 +173,16 @@ def bench_model(model: str | ResMaskNet, *, batch_size: int = 32, device: str | 
     timing: dict[str, Any] = {"warmup": warmup, "steps": steps, "seconds": seconds}
     amp = _use_bf16(dev, cpu_bf16)
 
-    # data pipeline: index a device-resident uint8 pool, prepare_input, flip/rotate
+    # data pipeline, as training runs it: index a device-resident uint8 pool with a device-resident order (one
+    # copy up front, as training copies its epoch's permutation once), prepare_input, flip/rotate
     net.to(dev).to(memory_format=torch.channels_last)
     aug_gen = torch.Generator().manual_seed(1)
+    order = torch.randint(0, pool.shape[0], (max(1, warmup + steps), batch_size), generator=gen).to(dev)
+    drawn = [0]
 
     def data_step() -> torch.Tensor:
-        idx = torch.randint(0, pool.shape[0], (batch_size,), generator=gen).to(dev)
+        idx = order[drawn[0] % order.shape[0]]
+        drawn[0] += 1
         return augment_batch(net, pool[idx], aug_gen)
 
     with torch.inference_mode():
@@ -230,6 +236,7 @@ def bench_model(model: str | ResMaskNet, *, batch_size: int = 32, device: str | 
         row["train_speedup"] = row["train_img_s"] / row["train_plain_img_s"]
     row["rounds"] = rounds
     row["bf16"] = amp
+    row["precision"] = "bf16" if amp else "fp32"
     row["torch"] = torch.__version__
     row["threads"] = torch.get_num_threads()
     if dev.type == "cuda":
@@ -239,7 +246,8 @@ def bench_model(model: str | ResMaskNet, *, batch_size: int = 32, device: str | 
 
 def scoring_img_s(row: dict[str, Any]) -> float:
     """The rate at which the toolkit scores images with this row's network (`resmasknet.evaluate.predict`,
-    which validation and evaluation use): bf16 autocast on CUDA, fp32 on a CPU whatever training used."""
+    which validation and evaluation use): as training on a GPU (bf16 autocast on Ampere or newer, fp32 before),
+    fp32 on a CPU whatever training used."""
     return float(row.get("eval_fp32_img_s", row["eval_img_s"]))
 
 

@@ -1,7 +1,9 @@
 """Evaluate a network on one split: accuracy, per-class precision/recall/F1, confusion matrix, and every
 image's prediction and probabilities (paired tests between variants need per-image predictions).
 
-Inference runs under `torch.inference_mode()`, channels_last, bf16 autocast on CUDA only.
+Inference runs under `torch.inference_mode()`, channels_last, at `runtime.precision_for`'s precision: bf16
+autocast on a GPU of compute capability 8.0 or newer (Ampere on), fp32 on older GPUs and on a CPU. The
+evaluation records it (`EvalResult.info["precision"]`).
 
 Example:
     >>> model, _ = resmasknet.load_checkpoint("runs/x/best.pt")
@@ -26,22 +28,25 @@ from torch import Tensor
 
 from resmasknet.augment import TTA_MODES, predict_proba
 from resmasknet.model import ResMaskNet
-from resmasknet.runtime import atomic_write, atomic_write_json, resolve_device
+from resmasknet.runtime import atomic_write, atomic_write_json, precision_for, resolve_device
 
 __all__ = ["EvalResult", "evaluate", "predict", "resolve_device"]
 
 
 def predict(model: ResMaskNet, images: Tensor | np.ndarray, *, batch_size: int = 256,
             device: str | torch.device | None = None, tta: str | None = None, seed: int = 1234,
-            max_batches: int | None = None, progress: bool = False, desc: str = "eval") -> Tensor:
+            max_batches: int | None = None, progress: bool = False, desc: str = "eval",
+            precision: str | None = None) -> Tensor:
     """Probabilities float32 [N, K] (on the device) for uint8 faces [N, H, W].
 
-    The model is put in eval mode (and restored afterwards). `seed` drives the authors' TTA draws."""
+    The model is put in eval mode (and restored afterwards). `seed` drives the authors' TTA draws.
+    precision: "bf16" or "fp32" (default `runtime.precision_for(device)`: bf16 on Ampere or newer GPUs only)."""
     if tta not in TTA_MODES:
         raise ValueError(f"tta={tta!r} is not allowed; choose one of none, 'flip', 'authors'")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     dev = resolve_device(device) if device is not None else next(model.parameters()).device
+    precision = precision or precision_for(dev)
     imgs = torch.as_tensor(images)
     gen = torch.Generator().manual_seed(seed) if tta == "authors" else None
     n = imgs.shape[0]
@@ -58,7 +63,7 @@ def predict(model: ResMaskNet, images: Tensor | np.ndarray, *, batch_size: int =
             for s in tqdm(starts, desc=desc, leave=False, disable=not progress, unit="batch"):
                 batch = imgs[s:s + batch_size].to(dev, non_blocking=True)
                 x = model.prepare_input(batch)
-                out.append(predict_proba(model, x, tta, generator=gen, autocast=True))
+                out.append(predict_proba(model, x, tta, generator=gen, precision=precision))
     finally:
         model.train(was_training)
     if not out:
@@ -195,23 +200,27 @@ def from_probabilities(probabilities: np.ndarray, labels: np.ndarray, classes: t
 
 
 def evaluate(model: ResMaskNet, data_split: Any, *, tta: str | None = None, batch_size: int = 256,
-             device: str | torch.device | None = None, seed: int = 1234, progress: bool = False) -> EvalResult:
+             device: str | torch.device | None = None, seed: int = 1234, progress: bool = False,
+             precision: str | None = None) -> EvalResult:
     """Evaluate `model` on a FaceData split (`data.select("test")`): images uint8 [N, H, W], labels, classes.
 
     tta: None, "flip" (mean of plain and mirrored) or "authors" (10 seeded flip/rotation draws summed).
-    The model is moved to `device` (default: CUDA when available) in channels_last."""
+    The model is moved to `device` (default: CUDA when available) in channels_last. precision: "bf16" or
+    "fp32", default `runtime.precision_for(device)`; recorded in `info["precision"]`."""
     if tta == "none":
         tta = None
     dev = resolve_device(device)
+    precision = precision or precision_for(dev)
     model.to(dev).to(memory_format=torch.channels_last)
     num_classes = model.config.num_classes
     classes = tuple(data_split.classes)
     if len(classes) != num_classes:
         raise ValueError(f"the data has {len(classes)} classes {classes} but the model predicts {num_classes}")
     probs = predict(model, data_split.images, batch_size=batch_size, device=dev, tta=tta, seed=seed,
-                    progress=progress).float().cpu().numpy()
+                    progress=progress, precision=precision).float().cpu().numpy()
     origin = getattr(data_split, "origin", None)
     res = from_probabilities(probs, data_split.labels, classes, index=origin, tta=tta)
     res.info = {"source": str(getattr(data_split, "source", "")), "batch_size": batch_size, "device": str(dev),
+                "precision": precision,
                 **({"seed": seed} if tta == "authors" else {})}
     return res

@@ -9,6 +9,9 @@ line naming the path and what to do.
 Example:
     >>> configure_threads()                             # first, before torch loads: OMP_WAIT_POLICY=PASSIVE
     >>> dev = resolve_device(None)                      # cuda when available, else cpu
+    >>> check_device("cuda:1")                          # "cuda:1", or DeviceError: one line, why and what to do
+    >>> precision_for("cuda:1")                         # "bf16" on Ampere or newer, else "fp32": the one decision
+    >>> with autocast("cuda:1", "bf16"): ...            # bf16 autocast, or fp32 for "fp32"
     >>> cpu_has_bf16()                                  # bf16 units (AVX512-BF16 / AMX-BF16 / Arm BF16)?
     >>> atomic_write_text("runs/x/result.json", "{}")   # never half-written
     >>> with atomic_dir("reports/quickstart") as tmp:   # a whole folder, renamed into place at the end
@@ -22,7 +25,9 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,10 +35,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BF16_CPU_FLAGS", "StorageError", "atomic_dir", "atomic_write", "atomic_write_json", "atomic_write_text",
-           "bf16_support", "busy_machine_note", "configure_threads", "cpu_bf16_support", "cpu_flags", "cpu_has_bf16",
-           "describe_device", "new_session", "others_busy_cores", "resolve_device", "sched_autogroup", "storage_error",
-           "usable_cores", "use_bf16_autocast"]
+__all__ = ["BF16_CPU_FLAGS", "CUDA_BUILDS", "MIN_TORCH", "PRECISIONS", "DeviceError", "StorageError", "arch_supported",
+           "atomic_dir", "atomic_write", "atomic_write_json", "atomic_write_text", "autocast", "bf16_support",
+           "busy_machine_note", "check_device", "check_torch", "configure_threads", "cpu_bf16_support", "cpu_flags",
+           "cpu_has_bf16", "cuda_build_for", "cuda_unavailable_reason", "describe_device", "gpu_capability",
+           "new_session", "nvidia_driver", "others_busy_cores", "precision_for", "resolve_device", "sched_autogroup",
+           "storage_error", "usable_cores", "use_bf16_autocast", "use_device"]
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +138,15 @@ def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+class DeviceError(ValueError):
+    """A device that cannot be used here, or a PyTorch this toolkit does not support: one line saying why and
+    what to do. The `ablate` command ends with exit status 2 on it, before anything is created."""
+
+
 def resolve_device(device: Any = None) -> Any:
     """None -> $ABLATE_DEVICE when set (e.g. "cpu" on a machine with a GPU), else CUDA when available, else CPU;
-    a name ("cpu", "cuda:1") is checked up front: CUDA present, and a GPU of that index."""
+    a name ("cpu", "cuda:1") is checked up front: CUDA present, and a GPU of that index. A device that cannot be
+    had raises `DeviceError` (a ValueError); without CUDA its line says why (`cuda_unavailable_reason`)."""
     import torch
 
     if device is None:
@@ -143,15 +156,238 @@ def resolve_device(device: Any = None) -> Any:
         try:
             return resolve_device(chosen)
         except (ValueError, RuntimeError) as exc:
-            raise ValueError(f"ABLATE_DEVICE={chosen}: {exc}") from None
-    dev = torch.device(device)
+            raise DeviceError(f"ABLATE_DEVICE={chosen}: {exc}") from None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"device {str(device)!r} is not a device name: use cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available here; use --device cpu")
+            raise DeviceError(cuda_unavailable_reason(str(device)))
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {str(device)!r} asked for, but this machine has "
-                             f"{torch.cuda.device_count()} GPU(s): cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+            raise DeviceError(f"device {str(device)!r} asked for, but this machine has "
+                              f"{torch.cuda.device_count()} GPU(s): cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
     return dev
+
+
+def check_device(spec: Any = None) -> str:
+    """The device a command will run on, checked before the command creates anything: `spec` ("auto" or None:
+    `resolve_device(None)`; "cpu", "cuda", "cuda:1") resolved, CUDA present, the GPU there (every visible GPU for
+    a bare "cuda", which a study spreads its workers over), and each GPU's architecture one this PyTorch build
+    has kernels for. Returns the device's name ("cpu", "cuda", "cuda:1"); raises `DeviceError`, one line naming
+    the cause and the fix (e.g. the PyTorch build to install for the driver), which `ablate` turns into exit 2."""
+    import torch
+
+    auto = spec is None or str(spec) in ("", "auto")
+    dev = resolve_device(None if auto else spec)
+    if dev.type == "cuda":
+        indices = [dev.index] if dev.index is not None else list(range(torch.cuda.device_count()))
+        for index in indices:
+            _check_arch(index)
+    return str(dev)
+
+
+def use_device(device: Any) -> None:
+    """Make `device`'s GPU the current CUDA device of this process (a worker given cuda:N): what torch places on
+    "the current device" (pinned host memory, a bare "cuda") then goes there, not to GPU 0. A no-op elsewhere."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is not None:
+        torch.cuda.set_device(dev.index)
+
+
+# ---- PyTorch, the NVIDIA driver and the GPU's architecture ----------------------------------------------------
+MIN_TORCH = (2, 4)  # the oldest PyTorch this toolkit supports: pyproject.toml's torch>=2.4
+PYTORCH_INDEX = "https://download.pytorch.org/whl"
+# The CUDA builds of PyTorch 2.14 (the release the Makefile pins) on download.pytorch.org: (index, the CUDA
+# version it needs from the driver, the oldest GPU it has kernels for), from PyTorch's CUDA support matrix for
+# 2.14: cu126 is the "legacy" build, the only one that still holds Maxwell, Pascal and Volta (5.0 to 7.0);
+# cu130 and cu132 (PyPI's default) start at Turing (7.5).
+CUDA_BUILDS = (("cu126", (12, 6), (5, 0)), ("cu130", (13, 0), (7, 5)), ("cu132", (13, 2), (7, 5)))
+GENERATIONS = {5: "Maxwell", 6: "Pascal", 7: "Volta", 8: "Ampere", 9: "Hopper", 10: "Blackwell", 12: "Blackwell"}
+NVIDIA_SMI_TIMEOUT_S = 5.0
+
+
+def _version_tuple(text: str) -> tuple[int, int] | None:
+    m = re.match(r"\s*(\d+)\.(\d+)", text or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def generation(capability: tuple[int, int]) -> str:
+    """The GPU generation of a compute capability: (7, 5) -> "Turing", (8, 9) -> "Ada", (6, 0) -> "Pascal"."""
+    if capability == (7, 5):
+        return "Turing"
+    if capability == (8, 9):
+        return "Ada"
+    return GENERATIONS.get(capability[0], f"compute capability {capability[0]}.{capability[1]}")
+
+
+def check_torch(version: str | None = None) -> str:
+    """This Python's PyTorch version (`torch.__version__`, or `version`); `DeviceError` in one line when torch is
+    missing or older than MIN_TORCH (a GPU node's own PyTorch, as `make gpu-check` uses without network, may be)."""
+    if version is None:
+        try:
+            import torch
+        except ImportError as exc:
+            raise DeviceError(f"PyTorch is not installed for {sys.executable} ({exc}); install torch>="
+                              f"{'.'.join(map(str, MIN_TORCH))} (pip install torch)") from None
+        version = str(torch.__version__)
+    found = _version_tuple(version)
+    if found is None or found < MIN_TORCH:
+        need = ".".join(map(str, MIN_TORCH))
+        raise DeviceError(f"PyTorch {version} is older than {need}, the oldest this toolkit supports: install "
+                          f"torch>={need} for {sys.executable} (pip install 'torch>={need}'; on a node without "
+                          f"network, from a wheelhouse built where there is one)")
+    return version
+
+
+def nvidia_driver(timeout: float = NVIDIA_SMI_TIMEOUT_S) -> dict[str, Any] | None:
+    """What `nvidia-smi` says about the NVIDIA driver, or None where there is no nvidia-smi on PATH:
+    {"driver": "535.104.05", "cuda": (12, 2) (the newest CUDA the driver runs), "gpus": [(name, capability or
+    None)], "error": one line when nvidia-smi fails (no driver loaded, a timeout), else None}."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+
+    def run(*args: str) -> tuple[str | None, str]:
+        try:
+            proc = subprocess.run([smi, *args], capture_output=True, text=True, timeout=timeout)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return None, f"{type(exc).__name__}: {exc}"
+        said = " ".join(f"{proc.stdout or ''} {proc.stderr or ''}".split())[:200]
+        return (proc.stdout if proc.returncode == 0 else None), said or f"exit status {proc.returncode}"
+
+    info: dict[str, Any] = {"driver": None, "cuda": None, "gpus": [], "error": None}
+    out, said = run("--query-gpu=name,driver_version,compute_cap", "--format=csv,noheader")
+    if out is None and "compute_cap" in said:  # drivers before 510 know no compute_cap field
+        out, said = run("--query-gpu=name,driver_version", "--format=csv,noheader")
+    if out is None:
+        info["error"] = said
+        return info
+    for line in out.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 2:
+            cap = _version_tuple(parts[2]) if len(parts) > 2 else None
+            info["gpus"].append((parts[0], cap))
+            info["driver"] = info["driver"] or parts[1]
+    plain, _ = run()
+    m = re.search(r"CUDA Version:\s*(\d+)\.(\d+)", plain or "")
+    if m:
+        info["cuda"] = (int(m.group(1)), int(m.group(2)))
+    return info
+
+
+def cuda_build_for(driver_cuda: tuple[int, int] | None, capability: tuple[int, int] | None = None) -> str | None:
+    """The CUDA build of PyTorch (an index of CUDA_BUILDS, e.g. "cu126") for a driver that runs CUDA up to
+    `driver_cuda` and a GPU of `capability` (None: any): the newest build the driver runs and that has kernels
+    for the GPU; else one of the driver's CUDA major version (which runs through CUDA's minor version
+    compatibility); None when no build fits (the driver is too old, or the GPU older than every build)."""
+    fits = [(need, tag) for tag, need, oldest in CUDA_BUILDS if capability is None or capability >= oldest]
+    if driver_cuda is None:
+        return max(fits)[1] if fits else None
+    within = [f for f in fits if f[0] <= driver_cuda]
+    if within:
+        return max(within)[1]
+    same_major = [f for f in fits if f[0][0] == driver_cuda[0]]
+    return min(same_major)[1] if same_major else None
+
+
+def _pip_line(tag: str) -> str:
+    import torch
+
+    version = str(torch.__version__).split("+")[0]
+    return f"pip install --force-reinstall torch=={version} torchvision --index-url {PYTORCH_INDEX}/{tag}"
+
+
+def _cuda_text(v: tuple[int, int] | None) -> str:
+    return f"{v[0]}.{v[1]}" if v else "?"
+
+
+def cuda_unavailable_reason(spec: str) -> str:
+    """One line for a CUDA device asked for where `torch.cuda.is_available()` says no: which PyTorch build is
+    installed (`torch.version.cuda`: CPU-only, or the CUDA it was built for), what the NVIDIA driver supports
+    (`nvidia-smi`, when there is one) and what to do: install the build that matches the driver, install or
+    repair the driver, or use the CPU."""
+    import torch
+
+    head = f"device {spec!r} asked for, but CUDA is not available here"
+    version = str(torch.__version__)
+    built = _version_tuple(torch.version.cuda or "")
+    drv = nvidia_driver()
+    if drv is not None and drv["error"]:
+        build = f"PyTorch {version} ({'CUDA ' + _cuda_text(built) if built else 'a CPU-only build'})"
+        return (f"{head}: {build}; nvidia-smi fails ({drv['error']}), so the NVIDIA driver is not loaded or broken: "
+                f"reinstall it or reboot, else use --device cpu")
+    if drv is None:
+        if built is None:
+            return f"{head} (PyTorch {version} is a CPU-only build and no NVIDIA driver was found); use --device cpu"
+        return (f"{head}: PyTorch {version} is built for CUDA {_cuda_text(built)}, but no NVIDIA driver was found "
+                f"(no nvidia-smi on PATH); on a machine with an NVIDIA GPU install its driver, else use --device cpu")
+    caps = [c for _, c in drv["gpus"] if c is not None]
+    oldest = min(caps) if caps else None
+    tag = cuda_build_for(drv["cuda"], oldest)
+    gpus = ", ".join(dict.fromkeys(n for n, _ in drv["gpus"])) or "no GPU listed"
+    driver = f"the NVIDIA driver {drv['driver'] or '?'} ({gpus}) supports CUDA up to {_cuda_text(drv['cuda'])}"
+    fix = (f"install the PyTorch build for it: {_pip_line(tag)}" if tag else
+           f"no CUDA build of PyTorch {version} runs on it: update the NVIDIA driver")
+    if built is None:
+        return f"{head}: PyTorch {version} is a CPU-only build, but {driver}; {fix}"
+    if drv["cuda"] is not None and built > drv["cuda"]:
+        return (f"{head}: PyTorch {version} is built for CUDA {_cuda_text(built)}, but {driver}; {fix}"
+                + (" (or update the driver)" if tag else ""))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    hidden = f"; CUDA_VISIBLE_DEVICES={visible!r} hides GPUs" if visible is not None else ""
+    return (f"{head}: PyTorch {version} is built for CUDA {_cuda_text(built)} and {driver}, yet no GPU can be "
+            f"opened{hidden}; check that nvidia-smi lists the GPU and that this process may use it, else use "
+            f"--device cpu")
+
+
+def arch_supported(capability: tuple[int, int], arch_list: list[str]) -> bool:
+    """Whether a PyTorch build with `arch_list` (`torch.cuda.get_arch_list()`: "sm_75", "compute_120", ...) runs
+    on a GPU of `capability`: a kernel of the same major version and an equal or lower minor one (sm_60 serves a
+    6.1), or PTX of an equal or lower version, which the driver compiles. A list with no CUDA architecture in it
+    (empty: unknown; a ROCm build's gfx names) counts as yes."""
+    cuda_archs = [m for m in (re.fullmatch(r"(sm|compute)_(\d+?)(\d)[a-z]?", a) for a in arch_list) if m]
+    if not cuda_archs:
+        return True
+    for m in cuda_archs:
+        built = (int(m.group(2)), int(m.group(3)))
+        if m.group(1) == "sm" and built[0] == capability[0] and built[1] <= capability[1]:
+            return True
+        if m.group(1) == "compute" and built <= capability:
+            return True
+    return False
+
+
+def _check_arch(index: int) -> None:
+    """`DeviceError` when GPU `index` is one this PyTorch build has no kernels for (a P100 under a cu130 build:
+    "no kernel image is available" at the first convolution)."""
+    import torch
+
+    capability = gpu_capability(index)
+    arch_list = list(torch.cuda.get_arch_list())
+    if arch_supported(capability, arch_list):
+        return
+    name = torch.cuda.get_device_name(index)
+    cap = f"{capability[0]}.{capability[1]}"
+    built = [a for a in arch_list if a.startswith("sm_")] or arch_list
+    drv = nvidia_driver()
+    tag = cuda_build_for(drv["cuda"] if drv and not drv["error"] else None, capability)
+    fix = (f"install a build with {generation(capability)} kernels: {_pip_line(tag)}" if tag else
+           "no CUDA build of this PyTorch has kernels for it: use --device cpu")
+    raise DeviceError(f"cuda:{index} ({name}, compute capability {cap}, {generation(capability)}) cannot run "
+                      f"PyTorch {torch.__version__}, built for {built[0]} to {built[-1]}; {fix}")
+
+
+def gpu_capability(device: Any) -> tuple[int, int]:
+    """The compute capability of `device`'s own GPU (an index, "cuda:1"): `torch.cuda.get_device_capability`
+    of that index, never of the current device (a worker on cuda:1 of a node with mixed GPUs)."""
+    import torch
+
+    index = device if isinstance(device, int) else torch.device(device).index
+    major, minor = torch.cuda.get_device_capability(index)
+    return int(major), int(minor)
 
 
 # ---- CPU features --------------------------------------------------------------------------------------
@@ -227,33 +463,56 @@ def cpu_bf16_support(cpuinfo: str | os.PathLike | None = None) -> tuple[bool, st
 
 def bf16_support(device: Any) -> tuple[bool, str]:
     """(bf16 autocast runs natively on `device`, a short reason). CUDA: a GPU of compute capability 8.0 or
-    newer (Ampere on); older ones only emulate bf16, slowly, though `torch.cuda.is_bf16_supported()` says yes
-    by default. CPU: `cpu_bf16_support`."""
+    newer (Ampere on), read from that GPU (`gpu_capability`); older ones only emulate bf16, slowly or not at all
+    in cuDNN, though `torch.cuda.is_bf16_supported()` says yes by default. CPU: `cpu_bf16_support`."""
     import torch
 
     dev = torch.device(device)
     if dev.type != "cuda":
         return cpu_bf16_support()
-    major, minor = torch.cuda.get_device_capability(dev)
-    if torch.cuda.is_bf16_supported(including_emulation=False):
+    major, minor = gpu_capability(dev)
+    if (major, minor) >= (8, 0):
         return True, f"GPU compute capability {major}.{minor}"
     return False, f"GPU compute capability {major}.{minor} has no native bf16 (8.0, Ampere, or newer)"
 
 
-def use_bf16_autocast(device: Any, cpu_asked: bool, doing: str = "training") -> bool:
-    """Whether to run under bf16 autocast on `device`: on CUDA where the GPU has native bf16; on a CPU when
-    asked for (`--bf16-cpu`, `train.cpu_bf16`) and the CPU has bf16 units. Where it was wanted but cannot be
-    had, one logged line says so and `doing` ("training", "measuring") runs in fp32."""
+PRECISIONS = ("bf16", "fp32")
+
+
+def precision_for(device: Any, cpu_bf16: bool = False, doing: str | None = None) -> str:
+    """The one precision decision of the toolkit: "bf16" (bf16 autocast) or "fp32" for work on `device`.
+
+    CUDA: "bf16" where that GPU (its own index) has native bf16, compute capability 8.0 or newer (Ampere on);
+    "fp32" on older ones (Pascal, Volta, Turing: a P100, V100 or T4). CPU: "fp32", or "bf16" when asked for
+    (`cpu_bf16`: `--bf16-cpu`, `train.cpu_bf16`) and the CPU has bf16 units. Training, validation, evaluation
+    (with TTA), latency, the bench and the cost projection all run what this says; runs record it. `doing`
+    ("training", "measuring"): where bf16 cannot be had there, one logged line says so and that `doing` runs in
+    fp32; None logs nothing."""
     import torch
 
     dev = torch.device(device)
-    if dev.type != "cuda" and not (cpu_asked and dev.type == "cpu"):
-        return False
+    if dev.type != "cuda" and not (cpu_bf16 and dev.type == "cpu"):
+        return "fp32"
     ok, why = bf16_support(dev)
-    if not ok:
+    if not ok and doing:
         log.warning("bf16 autocast asked for on %s, but %s: %s in fp32", dev,
                     why if dev.type == "cuda" else f"this CPU has no bf16 units ({why})", doing)
-    return ok
+    return "bf16" if ok else "fp32"
+
+
+def autocast(device: Any, precision: str) -> Any:
+    """The autocast context for `precision` (`precision_for`) on `device`'s type: bf16 autocast for "bf16", a
+    disabled one (fp32) for "fp32"."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: one of {', '.join(PRECISIONS)}")
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def use_bf16_autocast(device: Any, cpu_asked: bool, doing: str = "training") -> bool:
+    """Whether to run under bf16 autocast on `device`: `precision_for(device, cpu_asked, doing) == "bf16"`."""
+    return precision_for(device, cpu_asked, doing) == "bf16"
 
 
 def cpu_has_bf16(cpuinfo: str | os.PathLike | None = None) -> bool:

@@ -2,11 +2,14 @@
 
 `train` is the loop over epochs: `train_one_epoch`, `validate`, then the epoch's files. Batches are drawn by
 indexing a uint8 tensor held on the training device (no DataLoader workers), then `prepare_input` +
-flip/rotation augmentation run on the device (`resmasknet.augment`). channels_last always, bf16 autocast on
-CUDA, and on CPU when `cpu_bf16=True` and the CPU has bf16 units (`runtime.cpu_has_bf16`; elsewhere one
-logged line and fp32). Every epoch writes `last.pt` (weights plus the run state of `resmasknet.train_state`),
-`best.pt` when validation accuracy improves, and `history.json`; a run started again with `resume=True`
-continues from `last.pt` and ends where an uninterrupted run would (same seed, same CPU: same numbers).
+flip/rotation augmentation run on the device (`resmasknet.augment`). channels_last always; the precision is
+decided once per run by `runtime.precision_for`: bf16 autocast on a GPU of compute capability 8.0 or newer
+(Ampere on), fp32 on older ones (Pascal, Volta, Turing), and on CPU bf16 only when `cpu_bf16=True` and the CPU
+has bf16 units (elsewhere one logged line and fp32). Validation runs at the same precision on a GPU, in fp32 on
+a CPU; the decision is recorded in `history.json`, the checkpoints' metadata and `result.json` ("precision").
+Every epoch writes `last.pt` (weights plus the run state of `resmasknet.train_state`), `best.pt` when
+validation accuracy improves, and `history.json`; a run started again with `resume=True` continues from
+`last.pt` and ends where an uninterrupted run would (same seed, same CPU: same numbers).
 Recipes live in `resmasknet.recipe` (re-exported here), the run state in `resmasknet.train_state`; this
 module (about 420 lines) keeps the loop and its two steps together so one epoch reads top-down.
 
@@ -50,7 +53,7 @@ from resmasknet.recipe import (
     make_plateau,
     recipe_for,
 )
-from resmasknet.runtime import atomic_write_json, resolve_device, use_bf16_autocast
+from resmasknet.runtime import PRECISIONS, atomic_write_json, precision_for, resolve_device
 from resmasknet.train_state import RunState, fingerprint, restore, state_extra
 
 __all__ = ["CPU_RECIPE", "PAPER_RECIPE", "StopTraining", "TrainConfig", "TrainResult", "lr_factor", "recipe_for",
@@ -84,6 +87,7 @@ class TrainResult:
     seconds: float  # training time, summed over resumptions
     config: TrainConfig = field(default_factory=TrainConfig)
     bf16: bool = False  # whether training ran under bf16 autocast (cfg.cpu_bf16 is only the request on CPU)
+    precision: str = "fp32"  # runtime.precision_for's decision for this run: "bf16" or "fp32"
 
     @property
     def best_path(self) -> Path | None:
@@ -103,7 +107,7 @@ class TrainResult:
         return {"status": self.status, "message": self.message, "epochs": self.epochs,
                 "best_epoch": self.best_epoch, "best_val_acc": self.best_val_acc,
                 "best_val_loss": self.best_val_loss, "seconds": self.seconds, "out_dir": str(self.out_dir),
-                "bf16": self.bf16, "config": self.config.to_dict()}
+                "bf16": self.bf16, "precision": self.precision, "config": self.config.to_dict()}
 
 
 class _Diverged(Exception):
@@ -117,8 +121,8 @@ class _OutOfTime(Exception):
 # ---- pieces ------------------------------------------------------------------------------------------------
 def use_bf16(cfg: TrainConfig, dev: torch.device) -> bool:
     """Whether to train under bf16 autocast: on CUDA where the GPU has native bf16; on CPU when asked for
-    (`cpu_bf16`) and the CPU has bf16 units; elsewhere one logged line, and fp32 (`runtime.use_bf16_autocast`)."""
-    return use_bf16_autocast(dev, cfg.cpu_bf16, "training")
+    (`cpu_bf16`) and the CPU has bf16 units; elsewhere one logged line, and fp32 (`runtime.precision_for`)."""
+    return precision_for(dev, cfg.cpu_bf16, "training") == "bf16"
 
 
 def _loss(logits: Tensor, target: Tensor, soft: Tensor | None, smoothing: float) -> Tensor:
@@ -269,10 +273,11 @@ def train_one_epoch(model: ResMaskNet, opt: torch.optim.Optimizer, images: Tenso
 
 
 def validate(model: ResMaskNet, images: Tensor, labels: np.ndarray, *, batch_size: int,
-             max_batches: int | None = None) -> tuple[float, float]:
-    """(accuracy, mean negative log-likelihood) on uint8 faces `images` held on the training device."""
+             max_batches: int | None = None, precision: str | None = None) -> tuple[float, float]:
+    """(accuracy, mean negative log-likelihood) on uint8 faces `images` held on the training device, at
+    `precision` (default: `runtime.precision_for` of that device)."""
     dev = images.device
-    probs = predict(model, images, batch_size=batch_size, device=dev, max_batches=max_batches)
+    probs = predict(model, images, batch_size=batch_size, device=dev, max_batches=max_batches, precision=precision)
     if max_batches is not None:
         labels = labels[: max_batches * batch_size]
     y = torch.from_numpy(labels).to(dev)
@@ -328,6 +333,7 @@ class _Run:
     source: str
     data_fp: str
     amp: bool
+    precision: str  # the run's one precision decision (runtime.precision_for): amp is precision == "bf16"
     opt: torch.optim.Optimizer
     sched: Any
     data_gen: torch.Generator
@@ -348,12 +354,12 @@ class _Run:
             "epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "val_loss": val_loss,
             "val_acc": val_acc, "lr": lr_now, "best_val_acc": state.best_val_acc, "best_epoch": state.best_epoch,
             "is_best": is_best, "train_img_s": stats.seen / stats.seconds, "val_s": time.perf_counter() - t_val,
-            "epoch_s": 0.0, "elapsed_min": 0.0, "bf16": self.amp,
+            "epoch_s": 0.0, "elapsed_min": 0.0, "bf16": self.amp, "precision": self.precision,
             **({"cut_short": stats.cut_short} if stats.cut_short else {}),
         }
         state.history.append(metrics)
         meta = {"epoch": epoch, "val_acc": val_acc, "val_loss": val_loss, "train_config": cfg.to_dict(),
-                "data_source": self.source, "fingerprint": self.data_fp}
+                "data_source": self.source, "fingerprint": self.data_fp, "precision": self.precision}
         if is_best:
             save_checkpoint(self.out / "best.pt", self.model, classes=self.classes, metadata={**meta, "kind": "best"})
         metrics["epoch_s"] = time.perf_counter() - t_epoch
@@ -366,6 +372,11 @@ class _Run:
         atomic_write_json(self.out / "history.json", state.history)
         return metrics
 
+    @property
+    def eval_precision(self) -> str:
+        """Validation's precision: the run's on a GPU; fp32 on a CPU, where prediction always runs in fp32."""
+        return self.precision if self.dev.type == "cuda" else "fp32"
+
     def result(self, status: str, message: str) -> TrainResult:
         """The TrainResult (also written as result.json); the model is left holding best.pt's weights."""
         state, best_path = self.state, self.out / "best.pt"
@@ -373,22 +384,27 @@ class _Run:
         res = TrainResult(status=status, message=message, epochs=len(state.history), best_epoch=best,
                           best_val_acc=state.best_val_acc if best else float("nan"),
                           best_val_loss=state.best_val_loss if best else float("nan"), history=state.history,
-                          out_dir=self.out, seconds=self.clock(), config=self.cfg, bf16=self.amp)
+                          out_dir=self.out, seconds=self.clock(), config=self.cfg, bf16=self.amp,
+                          precision=self.precision)
         if best and best_path.exists():  # the recipe keeps the best checkpoint: leave it in the model
             self.model.load_state_dict(read_checkpoint(best_path)["state_dict"])
         atomic_write_json(self.out / "result.json", res.to_dict())
         return res
 
 
-def _start(model: ResMaskNet, data: Any, cfg: TrainConfig, out: Path, dev: torch.device, resume: bool
-           ) -> tuple[_Run, Any, Any]:
+def _start(model: ResMaskNet, data: Any, cfg: TrainConfig, out: Path, dev: torch.device, resume: bool,
+           precision: str | None = None) -> tuple[_Run, Any, Any]:
     """Check the data, seed, build the optimizer and generators, and restore last.pt when resuming (else
     remove an earlier run's checkpoints); returns the run and the train and val splits."""
     out.mkdir(parents=True, exist_ok=True)
     last_path = out / "last.pt"
     train_split, val_split, classes = _splits(data, cfg, model.config)
     data_fp = fingerprint(train_split.images, train_split.labels, val_split.labels)
-    amp = use_bf16(cfg, dev)
+    if precision is None:
+        precision = precision_for(dev, cfg.cpu_bf16, "training")
+    elif precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: one of {', '.join(PRECISIONS)}")
+    amp = precision == "bf16"
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg.seed)
@@ -405,23 +421,26 @@ def _start(model: ResMaskNet, data: Any, cfg: TrainConfig, out: Path, dev: torch
         for stale in (out / "best.pt", last_path):  # starting over: never mistake an old run's files for ours
             stale.unlink(missing_ok=True)
     run = _Run(model=model, cfg=cfg, out=out, dev=dev, classes=classes, source=str(getattr(data, "source", "")),
-               data_fp=data_fp, amp=amp, opt=opt, sched=sched, data_gen=data_gen, aug_gen=aug_gen, state=state,
-               clock=RunClock(state.elapsed_before))
+               data_fp=data_fp, amp=amp, precision=precision, opt=opt, sched=sched, data_gen=data_gen,
+               aug_gen=aug_gen, state=state, clock=RunClock(state.elapsed_before))
     return run, train_split, val_split
 
 
 def train(model: ResMaskNet, data: Any, cfg: TrainConfig | None = None, *, out_dir: str | os.PathLike,
           callback: Callable[[int, dict[str, Any]], None] | None = None, resume: bool = True,
-          device: str | torch.device | None = None, progress: bool = True) -> TrainResult:
+          device: str | torch.device | None = None, progress: bool = True, precision: str | None = None
+          ) -> TrainResult:
     """Train `model` on `data.select("train")`, validating on `data.select("val")`; returns a TrainResult and
     leaves the best-validation weights in `model`.
 
     cfg: default `recipe_for(model)`. callback(epoch, metrics) runs after each epoch's checkpoints are written;
     it may raise StopTraining to end the run cleanly (any other exception propagates, state saved).
-    resume: continue from out_dir/last.pt when it exists (refused if the model, recipe or data differ)."""
+    resume: continue from out_dir/last.pt when it exists (refused if the model, recipe or data differ).
+    precision: "bf16" or "fp32", decided by the caller (`runtime.precision_for`, as `ablate run` records it);
+    default: decided here, the same way."""
     cfg = cfg if cfg is not None else recipe_for(model)
     dev = resolve_device(device)
-    run, train_split, val_split = _start(model, data, cfg, Path(out_dir), dev, resume)
+    run, train_split, val_split = _start(model, data, cfg, Path(out_dir), dev, resume, precision)
     state, history, clock = run.state, run.state.history, run.clock
     if done := _finished(state, cfg):
         return run.result(*done)
@@ -453,7 +472,7 @@ def train(model: ResMaskNet, data: Any, cfg: TrainConfig | None = None, *, out_d
                                     progress=progress)
             t_val = time.perf_counter()
             val_acc, val_loss = validate(model, val_images, val_split.labels, batch_size=cfg.eval_batch_size,
-                                         max_batches=cfg.max_val_batches)
+                                         max_batches=cfg.max_val_batches, precision=run.eval_precision)
             metrics = run.record(epoch, stats, val_acc, val_loss, lr, t_epoch, t_val)
             epoch_bar.total = expected_epochs(cfg, history, clock(), lr.reserve_s)  # with a time budget: re-estimated
             epoch_bar.update(1)

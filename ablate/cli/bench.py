@@ -79,8 +79,9 @@ def run(args: argparse.Namespace) -> int:
     from ablate.cli.models import _parse_sets
     from resmasknet.bench import bench, bench_contended, format_contended, format_table
     from resmasknet.registry import get_config, list_models
-    from resmasknet.runtime import resolve_device
+    from resmasknet.runtime import check_device
 
+    dev = torch.device(check_device(args.device))  # a device that cannot be used: exit 2 before measuring
     threads = list(dict.fromkeys(args.threads or [torch.get_num_threads()]))
     workers = list(dict.fromkeys(args.workers))
     for flag, counts in (("--threads", threads), ("--workers", workers)):
@@ -92,7 +93,6 @@ def run(args: argparse.Namespace) -> int:
     team_sessions = list(dict.fromkeys(args.worker_sessions))
     args.workers = workers[0]  # --study takes one count
     torch.set_num_threads(threads[0])
-    dev = resolve_device(args.device)
     if dev.type == "cpu":
         from ablate.cli import say_if_busy
 

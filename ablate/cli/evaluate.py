@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from resmasknet.runtime import check_device
+
+    args.device = check_device(args.device)  # a device that cannot be used: exit 2 before any work
     from resmasknet.checkpoint import load_checkpoint
     from resmasknet.data import load_data
     from resmasknet.evaluate import evaluate

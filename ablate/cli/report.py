@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fast", action="store_true", help="same as --analysis fast; implied by --tiny")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-mlflow", action="store_true", help="do not attach the report to the MLflow parent run")
+    p.add_argument("--device", dest="report_device", metavar="DEVICE",
+                   help="where the mask analysis runs: cpu, cuda, cuda:1 (default: $ABLATE_DEVICE, else cuda when "
+                        "available)")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("analyse", help="mask analysis of one checkpoint on a data split, as an HTML report")
     p.add_argument("checkpoint", help="a best.pt written by training or a study trial")
@@ -38,18 +41,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="a best.pt written by training")
     p.add_argument("images", nargs="+", help="image files (photos are fine: the largest face is cropped)")
     p.add_argument("--out", default="reports/explain", help="output folder (default reports/explain)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: $ABLATE_DEVICE, else cuda when available)")
     p.set_defaults(func=cmd_explain)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ablate.cli.study import session_from
     from ablate.report import build_report
+    from resmasknet.runtime import check_device
 
+    device = check_device(args.report_device)  # a device that cannot be used: exit 2 before any work
     session = session_from(args)
     t = time.perf_counter()
     analysis = "fast" if args.tiny or args.fast else args.analysis
     path = build_report(session, args.report_dir, n_images=args.n_images, analysis=analysis,
-                        progress=not args.no_progress, log_mlflow=not args.no_mlflow)
+                        progress=not args.no_progress, log_mlflow=not args.no_mlflow, device=device)
     print(f"report: {path}  ({time.perf_counter() - t:.0f} s)")
     return 0
 
@@ -61,7 +67,9 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from ablate.report import build_checkpoint_report
+    from resmasknet.runtime import check_device
 
+    args.device = check_device(args.device)
     ckpt = Path(args.checkpoint)
     if not ckpt.is_file():
         raise FileNotFoundError(f"{ckpt}: no such checkpoint file")
@@ -84,8 +92,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from ablate.report import explain
+    from resmasknet.runtime import check_device
 
-    path = explain(args.checkpoint, args.images, args.out)
+    path = explain(args.checkpoint, args.images, args.out, device=check_device(args.device))
     probs = pd.read_csv(path.parent / "probabilities.csv")
     classes = [c for c in probs.columns if c not in ("image", "prediction")]
     for _, row in probs.iterrows():  # most likely class first

@@ -47,8 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1,
                    help="local worker processes (default 1: in this process; 0: only prepare the study)")
     p.add_argument("--workers-per-gpu", type=int, metavar="N",
-                   help="with CUDA: N worker processes per GPU (N x GPUs in all, devices assigned round-robin); "
-                        "overrides --workers. Without CUDA: ignored (--workers on the CPU)")
+                   help="with CUDA: N worker processes per GPU (N x GPUs in all, devices assigned round-robin; N "
+                        "on the GPU --device cuda:K names); overrides --workers. --device wins: with --device "
+                        "cpu, or without CUDA, ignored (--workers on the CPU)")
     p.add_argument("--worker-sessions", choices=SESSIONS, default="own",
                    help="with several workers: start each in a session of its own (own, the default) or in this "
                         "one (same). Where the kernel shares the CPU between sessions first (autogroup), the "
@@ -152,7 +153,9 @@ def _end_parent(session, outcome: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ablate.runner import prepare, spawn_workers, study_outcome, work
+    from resmasknet.runtime import check_device
 
+    args.device = check_device(args.device)  # a device that cannot be used: exit 2 before anything is created
     session = session_from(args)
     study = session.study
     print(f"study {study.name}: {study.mode}, "
@@ -211,6 +214,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     if os.environ.get("ABLATE_PARENT_PID"):  # started by `ablate run`: stop when it stops
         die_with_parent(int(os.environ.pop("ABLATE_PARENT_PID")))
+    from resmasknet.runtime import check_device
+
+    args.device = check_device(args.device)  # a device that cannot be used: exit 2 before the worker joins
     session = session_from(args)
     with _terminate_as_interrupt():
         n = work(session, max_trials=args.max_trials)

@@ -87,6 +87,9 @@ def _train_config(args: argparse.Namespace, model: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    from resmasknet.runtime import check_device
+
+    args.device = check_device(args.device)  # a device that cannot be used: exit 2 before anything is created
     from ablate.cli.models import _parse_sets
     from resmasknet.data import load_data
     from resmasknet.evaluate import evaluate
@@ -126,9 +129,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ablate.cli import say_if_busy
-    from resmasknet.runtime import resolve_device
 
-    if resolve_device(args.device).type == "cpu":
+    if args.device == "cpu":
         say_if_busy("ablate train", torch.get_num_threads(), "train")
     res = train(model, data, cfg, out_dir=out, callback=log, resume=args.resume, device=args.device,
                 progress=not args.no_progress)

@@ -43,17 +43,20 @@ def face_notes(paths: Sequence[Path], boxes: Sequence[tuple[int, int, int, int] 
 
 
 def explain(checkpoint: str | Path, images: Sequence[str | Path], out: str | Path, *, progress: bool = False,
-            methods: Sequence[str] = ("saliency", "ig", "gradcam", "mask_attr")) -> Path:
+            methods: Sequence[str] = ("saliency", "ig", "gradcam", "mask_attr"), device: str | None = None) -> Path:
     """Writes ``<out>/index.html`` and ``<out>/probabilities.csv``; returns the page's path. Every image is
-    read before any work, so a missing or undecodable file fails at once, naming it."""
+    read before any work, so a missing or undecodable file fails at once, naming it. device: where the network
+    runs (default: $ABLATE_DEVICE, else CUDA when available)."""
     from ablate.analysis import attribute, mask_stages, probe
     from ablate.analysis.plots import captum_panel, mask_gallery
     from resmasknet import load_checkpoint
     from resmasknet.evaluate import predict
+    from resmasknet.runtime import resolve_device
 
+    dev = resolve_device(device)
     loaded = [(Path(p), read_image(p)) for p in images]
     model, _ = load_checkpoint(checkpoint)
-    model.eval()
+    model.to(dev).eval()  # probe and attributions run where the model is
     detected = [detect_face(img) for _, img in loaded]
     faces = np.stack([f for f, _ in detected])
     notes = face_notes([p for p, _ in loaded], [b for _, b in detected])

@@ -168,16 +168,19 @@ def _ablation_section(page: Page, result: dict[str, Any], baseline: str | None, 
 
 def build_report(session: Session, out: str | Path | None = None, *, n_images: int = 200,
                  analysis: str = "standard", progress: bool = True, log_mlflow: bool = True,
-                 metric: str = "test_acc") -> Path:
+                 metric: str = "test_acc", device: str | None = None) -> Path:
     """Write ``<out>/index.html`` (default ``reports/<study>/``) with ``report.json`` and ``figures/``, and
     attach the folder to the study's MLflow parent run.
 
     analysis: the mask-analysis profile (``fast``, ``standard``, ``full``; see ``ANALYSIS_PROFILES``).
+    device: where the mask analysis runs (default: $ABLATE_DEVICE, else CUDA when available).
     Raises ValueError (one line, naming the trial) when a trial record or its evaluation cannot be read."""
     from ablate.summary import summarize
     from resmasknet import load_checkpoint
+    from resmasknet.runtime import resolve_device
 
     analysis_options(analysis)  # a bad profile fails before any work
+    dev = resolve_device(device)  # and so does a device that cannot be used
     t0 = time.perf_counter()
     study = session.study
     dest = Path(out) if out else default_report_dir(session)
@@ -264,6 +267,7 @@ def build_report(session: Session, out: str | Path | None = None, *, n_images: i
 
             rec = best[v]
             model, _ = load_checkpoint(rec.checkpoint)
+            model.to(dev)  # the analysis runs where the model is
             if not mask_stages(model):
                 page.p(f"{v}: no mask stages (skipped).", "note")
                 continue
@@ -286,7 +290,7 @@ def build_report(session: Session, out: str | Path | None = None, *, n_images: i
         page.p(f"report built in {seconds:.0f} s", "note")
         page.write()
         (tmp / "report.json").write_text(json.dumps(
-            {"study": study.name, "sections": list(SECTIONS), "trials": [r.trial for r in records],
+            {"study": study.name, "sections": list(SECTIONS), "trials": [r.trial for r in records], "device": str(dev),
              "sources": trial_set.sources, "analysed": list(results), "seconds": seconds}, indent=1))
     if log_mlflow:
         _attach(session, dest)
