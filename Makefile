@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint bench gpu-check browser-check clean
+.PHONY: demo test test-slow lint docs bench gpu-check browser-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,11 +33,20 @@ browser-check: $(STAMP)
 	$(BIN)/pip install -q playwright
 	$(BIN)/python tools/browser_check.py
 
+# the documentation site (docs/ and results/) into site/; the docs extra is not needed by `make test`
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 bench: $(STAMP)
 	$(BIN)/ablate bench
 
 # on a machine with a GPU: device tests on CUDA, every preset benched, a 2-worker study, an analysis, costs.
-# A GPU node without network (README: On a GPU) cannot build .venv: with wheelhouse/ in the checkout, its
+# A GPU node without network (docs/clusters.md) cannot build .venv: with wheelhouse/ in the checkout, its
 # wheels go into wheelhouse/site once and the node's own python3 (which holds PyTorch) runs the check.
 GPU_OUT ?= runs/gpu-check
 gpu-check:
@@ -51,4 +60,4 @@ gpu-check:
 	fi
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site

@@ -96,7 +96,7 @@ def step_tests(dev: Any, out: Path) -> Step:
     summary = ", ".join(f"{n} {k}" for k, n in counts.items())
     if "No module named pytest" in proc.stderr:
         return Step("tests", "fail", detail="pytest is not installed for this Python; on a machine without "
-                    "network, bring it with the wheelhouse (tools/wheelhouse.py, README: On a GPU)")
+                    "network, bring it with the wheelhouse (tools/wheelhouse.py, docs/clusters.md)")
     if proc.returncode != 0 or ran == 0:
         why = "no device test ran" if ran == 0 and proc.returncode in (0, 5) else f"pytest exit {proc.returncode}"
         return Step("tests", "fail", detail=f"{why}: {summary} (log: {out / 'device-tests.log'})", data=counts)

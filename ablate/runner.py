@@ -589,8 +589,9 @@ def spawn_workers(study_ref: str, n: int, session: Session, workers_per_gpu: int
     shares the CPU between sessions before processes (`resmasknet.runtime.sched_autogroup`), workers of one
     session get one session's share however many they are: beside a program of another session that keeps a
     core busy, two workers on two cores then share the free core. In sessions of their own they get a process's
-    share each, as they would without autogroup (README, "Training and evaluation"). Ctrl-C reaches only this
-    process then, which stops the workers as before; Ctrl-Z and `fg` are passed on to them (`_pass_job_control`)."""
+    share each, as they would without autogroup (docs/performance.md, results/cpu-busy-core.md). Ctrl-C reaches
+    only this process then, which stops the workers as before; Ctrl-Z and `fg` are passed on to them
+    (`_pass_job_control`)."""
     from resmasknet.runtime import new_session
 
     own = new_session(sessions, "sessions")

@@ -373,18 +373,42 @@ def _check_space(key: str, spec: Any, model: str, base_model: dict, path: str,
             _check_train({**(base_train or {}), **vt}, where, path)
 
 
-def load_study(ref: str | os.PathLike) -> Study:
-    """A study by path, or by name from `studies/` (`quickstart` -> `studies/quickstart.yaml`)."""
+PACKAGED_STUDIES = Path(__file__).resolve().parent / "_studies"  # the wheel's copy of the checkout's studies/
+
+
+def study_folders() -> list[Path]:
+    """Where a study name is looked up, first match wins: `./studies/` of the current folder or of a folder above
+    it (a user's own study of a shipped name wins), the checkout's `studies/` (their source), then the copy packaged in the
+    wheel (`ablate/_studies/`, written at build time; see setup.py)."""
+    here = Path.cwd()  # studies/ here or in a folder above (a notebook's kernel runs in notebooks/)
+    return [*(d / "studies" for d in (here, *here.parents)), Path(__file__).resolve().parents[1] / "studies",
+            PACKAGED_STUDIES]
+
+
+def shipped_studies() -> list[str]:
+    """The names `load_study` finds in `study_folders()`, sorted."""
+    return sorted({p.stem for folder in study_folders() if folder.is_dir() for p in folder.glob("*.yaml")})
+
+
+def find_study(ref: str | os.PathLike) -> Path:
+    """The study file `ref` names: a path, else `<name>.yaml` in the first of `study_folders()` that has it."""
     p = Path(ref)
-    if not p.exists() and not p.suffix:
-        here = Path.cwd()  # studies/ here or in a folder above (a notebook's kernel runs in notebooks/)
-        project = Path(__file__).resolve().parents[1] / "studies"
-        for folder in (*(d / "studies" for d in (here, *here.parents)), project):
-            if (folder / f"{ref}.yaml").exists():
-                p = folder / f"{ref}.yaml"
-                break
-    if not p.exists():
-        raise FileNotFoundError(f"study {os.fspath(ref)!r} not found (a path, or a name in studies/)")
+    if p.is_file():
+        return p
+    if p.suffix or len(p.parts) > 1:
+        raise FileNotFoundError(f"study {os.fspath(ref)!r} not found (no such file)")
+    for folder in study_folders():
+        if (folder / f"{ref}.yaml").is_file():
+            return folder / f"{ref}.yaml"
+    known = shipped_studies()
+    raise FileNotFoundError(f"study {os.fspath(ref)!r} not found (a path, or a name in studies/"
+                            + (f": {', '.join(known)})" if known else ")"))
+
+
+def load_study(ref: str | os.PathLike) -> Study:
+    """A study by path, or by name (`quickstart` -> `studies/quickstart.yaml`, looked up in `study_folders()`:
+    the current folder's `studies/`, the checkout's, then the copy inside the installed package)."""
+    p = find_study(ref)
     try:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:

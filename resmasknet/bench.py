@@ -350,7 +350,7 @@ def busy_core(core: int | None = None, session: str = "own") -> Iterator[BusyPro
     login or cron runs; "same" keeps it in this one, as a job started with `&` from the same shell. Where the
     kernel shares the CPU between sessions first (`runtime.sched_autogroup`), the two differ: beside a busy
     process of its own session, this session's processes get their fair share of the busy core too; beside
-    one of another session, only the free core (README, "Training and evaluation")."""
+    one of another session, only the free core (results/cpu-busy-core.md)."""
     own = new_session(session)
     core = _default_busy_core() if core is None else core
     proc = subprocess.Popen([sys.executable, "-c", _BUSY_CODE, str(core)], stdout=subprocess.PIPE,

@@ -643,7 +643,7 @@ def busy_machine_note(command: str, threads: int, purpose: str = "train", second
 
     A benchmark taken now is not the idle machine's, and a study's cells take longer than its projection.
     Training on several threads waits at every parallel region for the thread that shares a busy core
-    (README, "Training and evaluation"), so one thread can be faster; one thread is slowed only when no core
+    (docs/performance.md, results/cpu-busy-core.md), so one thread can be faster; one thread is slowed only when no core
     is left free for it."""
     advice = {"bench": "what is measured now is not the idle machine's speed",
               "study": "its cells will train slower than `ablate bench --study` projects"}

@@ -123,3 +123,32 @@ def test_bad_values_are_refused_when_the_file_is_read(changes, message):
     # every value is checked when the study is read, before anything runs: the file and the key are named
     with pytest.raises(StudyError, match=message):
         parse_study(bad(**changes), "bad.yaml")
+
+
+def test_a_name_is_found_in_the_current_folder_first_then_the_checkout_then_the_package(tmp_path, monkeypatch):
+    import ablate.study as study_module
+
+    monkeypatch.chdir(tmp_path)
+    # from a folder without studies/, a shipped name comes from the checkout's studies/
+    assert Path(load_study("quickstart").path).resolve() == STUDIES[0].parent.resolve() / "quickstart.yaml"
+    # a studies/ folder of the current directory wins by name
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "quickstart.yaml").write_text(yaml.safe_dump({**GOOD, "name": "quickstart"}))
+    assert Path(load_study("quickstart").path).resolve() == (tmp_path / "studies" / "quickstart.yaml").resolve()
+    # without a checkout (an installed package), the packaged copy answers
+    packaged = tmp_path / "pkg" / "_studies"
+    packaged.mkdir(parents=True)
+    (packaged / "onlypackaged.yaml").write_text(yaml.safe_dump({**GOOD, "name": "onlypackaged"}))
+    monkeypatch.setattr(study_module, "PACKAGED_STUDIES", packaged)
+    assert load_study("onlypackaged").name == "onlypackaged"
+
+
+def test_an_unknown_study_is_refused_naming_the_known_ones(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # a name that no folder has: the error lists the names that exist
+    known = r"study 'nosuch' not found \(a path, or a name in studies/: .*quickstart"
+    with pytest.raises(FileNotFoundError, match=known):
+        load_study("nosuch")
+    # a path that does not exist is not looked up by name
+    with pytest.raises(FileNotFoundError, match=r"study 'nosuch.yaml' not found \(no such file\)"):
+        load_study("nosuch.yaml")

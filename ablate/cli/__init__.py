@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "evaluate",
     "bench",
     "report",
+    "export",
     "doctor",
 ]
 

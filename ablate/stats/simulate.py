@@ -9,7 +9,7 @@ A planted effect shifts the variant's offset by `effect` points. Under the null 
 verdict is a false positive; the t-interval of each variant's mean
 should cover its expected accuracy (over seeds, on this test set) 95% of the time.
 
-    python -m ablate.stats.simulate            # the rates quoted in the README (a minute or two)
+    python -m ablate.stats.simulate            # the rates in docs/statistics.md (a minute or two)
 """
 
 from __future__ import annotations
