@@ -373,6 +373,45 @@ def _check_space(key: str, spec: Any, model: str, base_model: dict, path: str,
             _check_train({**(base_train or {}), **vt}, where, path)
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, second: int):
+        super().__init__(f"duplicate key {key!r} (lines {first} and {second})")
+        self.key, self.first, self.second = key, first, second
+
+
+class StudyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that names a key twice (PyYAML keeps the last silently: two
+    `masks_on:` under `variants:` would make one variant of two). Keys merged in with `<<:` may be
+    overridden, as YAML allows."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, seen[key], line)
+                seen[key] = line
+            except TypeError:  # an unhashable key: SafeLoader's own error says so
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """A study file's content; a duplicate key or a YAML error is a `StudyError` naming the file (and both
+    lines of a duplicate key)."""
+    p = Path(path)
+    try:
+        return yaml.load(p.read_text(), Loader=StudyLoader)  # noqa: S506 - StudyLoader is a SafeLoader
+    except _DuplicateKey as exc:
+        raise StudyError(f"{p}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise StudyError(f"{p}: not valid YAML: {exc}") from exc
+
+
 def load_study(ref: str | os.PathLike) -> Study:
     """A study by path, or by name from `studies/` (`quickstart` -> `studies/quickstart.yaml`)."""
     p = Path(ref)
@@ -383,8 +422,4 @@ def load_study(ref: str | os.PathLike) -> Study:
                 break
     if not p.exists():
         raise FileNotFoundError(f"study {os.fspath(ref)!r} not found (a path, or a name in studies/)")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise StudyError(f"{p}: not valid YAML: {exc}") from exc
-    return parse_study(raw, str(p))
+    return parse_study(read_yaml(p), str(p))

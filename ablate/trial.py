@@ -321,11 +321,38 @@ _DATA_CACHE: dict[str, Any] = {}
 
 
 def _load_data(spec: str) -> Any:
+    """The study's data, loaded once per process (`check_data` and every trial of this worker share it)."""
     if spec not in _DATA_CACHE:
         from resmasknet.data import load_data
 
         _DATA_CACHE[spec] = load_data(spec)
     return _DATA_CACHE[spec]
+
+
+def check_data(study: Any) -> None:
+    """Before a run creates anything: the study's data opens. A `generated:` spec is parsed and its options
+    checked; a file or folder is loaded (and kept for this process's trials), so a missing path or a malformed
+    row is refused now, with one line naming the study file, the data file and the row (a `StudyError`,
+    exit 2), instead of failing every cell's attempts once training starts. A `pretrained` file must exist."""
+    from ablate.study import StudyError
+    from resmasknet.data import DataError, GeneratorConfig
+    from resmasknet.data._load import _check_options, parse_generated_spec
+
+    specs = dict.fromkeys(s for s in [study.resolved("data")] if s)
+    for spec in specs:
+        try:
+            if spec == "generated" or spec.startswith("generated:"):
+                options = parse_generated_spec(spec)
+                _check_options(options, tuple(GeneratorConfig.__dataclass_fields__), "generated data")
+                GeneratorConfig(**options)
+            else:
+                _load_data(spec)
+        except (DataError, TypeError, OSError) as exc:
+            text = " ".join(str(exc).split())
+            raise StudyError(f"{study.path}: base.data: {text}") from exc
+    pretrained = study.resolved("pretrained")
+    if pretrained and not Path(pretrained).expanduser().is_file():
+        raise StudyError(f"{study.path}: base.pretrained: {pretrained}: no such file")
 
 
 def evaluate_trial(model: Any, data: Any, result: Any, trial_dir: Path, device: str, tta: bool = True

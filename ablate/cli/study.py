@@ -152,8 +152,10 @@ def _end_parent(session, outcome: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ablate.runner import prepare, spawn_workers, study_outcome, work
+    from ablate.trial import check_data
 
     session = session_from(args)
+    check_data(session.study)  # bad data is refused before any file is created (exit 2)
     study = session.study
     print(f"study {study.name}: {study.mode}, "
           + (f"{len(study.variants)} variants x {len(study.seeds)} seeds = {len(study.cells)} cells"
@@ -211,7 +213,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     if os.environ.get("ABLATE_PARENT_PID"):  # started by `ablate run`: stop when it stops
         die_with_parent(int(os.environ.pop("ABLATE_PARENT_PID")))
+    from ablate.trial import check_data
+
     session = session_from(args)
+    check_data(session.study)  # bad data is refused before this worker takes a trial (exit 2)
     with _terminate_as_interrupt():
         n = work(session, max_trials=args.max_trials)
     print(f"worker done: {n} trial(s) run")
