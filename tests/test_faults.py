@@ -92,12 +92,12 @@ def failing_write_record(monkeypatch, exc: OSError, calls: set[int]) -> set[int]
     real = ablate.trial.write_record
     count = {"n": 0}
 
-    def write_record(folder, record):
+    def write_record(folder, record, **kw):
         i = count["n"]
         count["n"] += 1
         if i in calls:
             raise exc
-        return real(folder, record)
+        return real(folder, record, **kw)
 
     monkeypatch.setattr(ablate.trial, "write_record", write_record)
     return calls

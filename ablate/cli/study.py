@@ -288,13 +288,26 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 
         atomic_write(out, lambda tmp: result["table"].to_csv(tmp, index=False))
         print(f"\nsummary table: {out}")
+    problems = result["records"].problems
+    if problems:  # a summary of some of the trials must not pass for the study's
+        print(f"error: {len(problems)} complete trial(s) of {session.study.name} could not be read, so the summary "
+              f"leaves them out: " + "; ".join(problems), file=sys.stderr)
+        return 1
     return 0
+
+
+def _repoint(session) -> None:
+    """A moved or copied study folder: its MLflow store names this folder for its artifacts (best effort)."""
+    from ablate.runner import repoint
+
+    repoint(session)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
     session = session_from(args)
     if not Path(session.paths.root).exists() and session.tracking_uri.startswith("sqlite"):
         raise FileNotFoundError(f"no study output at {session.paths.root}; run `ablate run {args.study}` first")
+    _repoint(session)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", session.tracking_uri,
            "--host", args.host, "--port", str(args.port)]
     print(f"MLflow UI for {session.study.name}: http://{args.host}:{args.port}  (Ctrl-C to stop)")
