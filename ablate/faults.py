@@ -133,6 +133,14 @@ def fatal(exc: BaseException) -> bool:
     return any(isinstance(e, OSError) and e.errno == errno.EROFS for e in _chain(exc))
 
 
+def one_line(exc: BaseException) -> str:
+    """An error in one short line for a warning: "no space left on the device" for a full disk however a library
+    words it (SQLAlchemy's run to 5 lines with the SQL), else the error's first line."""
+    if disk_full(exc):
+        return "no space left on the device"
+    return _reason(exc)
+
+
 def out_of_space(path: str | os.PathLike, need: str) -> StorageError:
     """The one line a worker stops with on a full disk: the path it could not write and `need`, what the study
     still needs (`ablate.runner.space_needed`)."""

@@ -240,24 +240,17 @@ def prepare(session: Session, retry_failed: bool = False) -> optuna.Study:
         tracker.ensure_experiment()
         repoint(session)
         if "mlflow_parent_run_id" not in ostudy.user_attrs:
-            parent = tracker.start_parent(study.name, params={"mode": study.mode, "model": study.model,
-                                                              "data": study.data, "seeds": list(study.seeds),
-                                                              "baseline": study.baseline},
-                                          tags={"study_file": study.path})
-            ostudy.set_user_attr("mlflow_parent_run_id", parent)
+            ostudy.set_user_attr("mlflow_parent_run_id", _start_parent(study, tracker))
         else:
             parent = ostudy.user_attrs["mlflow_parent_run_id"]
             try:
                 tracker.reopen(parent)
             except Exception as exc:  # noqa: BLE001 - a store made afresh (it was half-created) has no such run
                 if tracker.run_exists(parent):
-                    log.warning("could not mark the study's MLflow run %s RUNNING again: %s", parent, exc)
+                    log.warning("could not mark the study's MLflow run %s RUNNING again: %s", parent,
+                                faults.one_line(exc))
                 else:
-                    new_parent = tracker.start_parent(study.name, params={"mode": study.mode, "model": study.model,
-                                                                          "data": study.data,
-                                                                          "seeds": list(study.seeds),
-                                                                          "baseline": study.baseline},
-                                                      tags={"study_file": study.path})
+                    new_parent = _start_parent(study, tracker)
                     ostudy.set_user_attr("mlflow_parent_run_id", new_parent)
                     log.warning("the study's MLflow run %s is not in %s: started a new one, %s", parent,
                                 session.tracking_uri, new_parent)
@@ -271,6 +264,12 @@ def prepare(session: Session, retry_failed: bool = False) -> optuna.Study:
         log.info("set aside the record.json of %d trial(s) the storage holds as failed (renamed %s): %s", len(aside),
                  FAILED_RECORD, ", ".join(map(str, aside)))
     return ostudy
+
+
+def _start_parent(study: Study, tracker: Tracker) -> str:
+    return tracker.start_parent(study.name, params={"mode": study.mode, "model": study.model, "data": study.data,
+                                                    "seeds": list(study.seeds), "baseline": study.baseline},
+                                tags={"study_file": study.path})
 
 
 FAILED_RECORD = "record.failed.json"
@@ -287,7 +286,7 @@ def close_orphan_runs(session: Session, ostudy: optuna.Study, tracker: Tracker) 
     try:
         runs = [r for r in tracker.trial_runs(parent) if r.info.status == "RUNNING"]
     except Exception as exc:  # noqa: BLE001 - the study can run without this; say why it was not done
-        log.warning("could not look for MLflow runs left RUNNING: %s", " ".join(str(exc).split()))
+        log.warning("could not look for MLflow runs left RUNNING: %s", faults.one_line(exc))
         return {}
     if not runs:
         return {}
@@ -316,7 +315,7 @@ def close_orphan_runs(session: Session, ostudy: optuna.Study, tracker: Tracker) 
                 tracker.set_tags(r.info.run_id, {"error": reason[:4000], "error_kind": "closed on rerun"})
             tracker.finish(r.info.run_id, status)
         except Exception as exc:  # noqa: BLE001 - one run that cannot be closed does not stop the study
-            log.warning("could not close MLflow run %s: %s", r.info.run_id, " ".join(str(exc).split()))
+            log.warning("could not close MLflow run %s: %s", r.info.run_id, faults.one_line(exc))
             continue
         closed[status] = closed.get(status, 0) + 1
     return closed

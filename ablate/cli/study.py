@@ -147,7 +147,9 @@ def _end_parent(session, outcome: str) -> None:
     try:
         finish_study(session, outcome)
     except Exception as exc:  # noqa: BLE001 - the run's own error (if any) matters more
-        log.warning("could not mark the study's MLflow run %s: %s", outcome, exc)
+        from ablate.faults import one_line
+
+        log.warning("could not mark the study's MLflow run %s: %s", outcome, one_line(exc))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -284,10 +286,13 @@ def cmd_summarize(args: argparse.Namespace) -> int:
         print(format_summary(session.study.name, result, args.metric))
     out = session.paths.root / ("summary.csv" if baseline is None else f"summary-vs-{baseline}.csv")
     if "table" in result:
-        from resmasknet.runtime import atomic_write
+        from resmasknet.runtime import StorageError, atomic_write
 
-        atomic_write(out, lambda tmp: result["table"].to_csv(tmp, index=False))
-        print(f"\nsummary table: {out}")
+        try:
+            atomic_write(out, lambda tmp: result["table"].to_csv(tmp, index=False))
+            print(f"\nsummary table: {out}")
+        except StorageError as exc:  # a study folder mounted read-only is read all the same
+            print(f"\nsummary table not saved: {exc.strerror.split(';')[0]} (the table above is complete)")
     problems = result["records"].problems
     if problems:  # a summary of some of the trials must not pass for the study's
         print(f"error: {len(problems)} complete trial(s) of {session.study.name} could not be read, so the summary "

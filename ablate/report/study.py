@@ -315,5 +315,10 @@ def _attach(session: Session, folder: Path) -> None:
         if parent:
             session.tracker().log_artifacts(parent, str(folder), "report")
     except Exception as exc:  # noqa: BLE001 - the report stands on its own; MLflow holds a copy
+        from resmasknet.runtime import storage_error
+
+        err = storage_error(exc, getattr(exc, "filename", None) or session.paths.artifacts) \
+            if isinstance(exc, OSError) else None
+        why = str(err.strerror).split(";")[0] if err is not None else _one_line(exc)
         log.warning("the report is not attached to the study's MLflow run (%s); --no-mlflow skips the attachment",
-                    _one_line(exc))
+                    why)
