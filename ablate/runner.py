@@ -514,19 +514,23 @@ STUDY_WAIT_S = float(os.environ.get("ABLATE_STUDY_WAIT_S", "30"))  # a worker wa
 
 
 def _wait_for_study(session: Session) -> optuna.Study:
-    """The Optuna study; a worker started at the same moment as the `ablate run` that creates it (its output
-    folder exists, or the storage is shared) waits up to `STUDY_WAIT_S` for it, under the study lock (taken by
-    `prepare` while it creates the study). Else the `load_optuna_study` error: one line saying to start it."""
+    """The Optuna study. A worker started at the same moment as the `ablate run` that creates it waits for it, up
+    to `STUDY_WAIT_S` (one line says so), looking under the study lock (which `prepare` holds while it creates
+    the study); then the `load_optuna_study` error, one line saying to start it."""
     deadline = time.monotonic() + STUDY_WAIT_S
+    said = False
     while True:
         try:
             with study_lock(session):
                 return load_optuna_study(session)
         except KeyError:
-            shared = "://" in session.storage_url
-            if time.monotonic() >= deadline or not (shared or session.paths.root.exists()):
+            if time.monotonic() >= deadline:
                 raise
-        time.sleep(min(POLL_S, 1.0))
+            if not said:
+                log.info("no study %s in %s yet: waiting up to %.0f s for `ablate run` to start it",
+                         session.study.name, session.storage_url, STUDY_WAIT_S)
+                said = True
+        time.sleep(min(POLL_S, 0.5))
 
 
 def _others_running(session: Session, trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:

@@ -31,12 +31,13 @@ T = TypeVar("T")
 
 
 def configure_environment() -> None:
-    """MLflow settings for workers: synchronous logging (a run is complete when the call returns) and no
-    GitPython warning without git; library loggers keep their tracebacks to themselves (`quiet_library_loggers`).
-    Called by the CLI entry point and before the first client is made, never at import; variables the user set
-    are kept."""
+    """MLflow settings for workers: synchronous logging (a run is complete when the call returns), no
+    GitPython warning without git and no download progress bars; library loggers keep their tracebacks to
+    themselves (`quiet_library_loggers`). Called by the CLI entry point and before the first client is made, never
+    at import; variables the user set are kept."""
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per trial read back from MLflow
     quiet_library_loggers()
 
 
