@@ -337,6 +337,8 @@ def set_aside_records(session: Session, ostudy: optuna.Study) -> list[int]:
         if (folder / RECORD).exists():
             try:
                 os.replace(folder / RECORD, folder / FAILED_RECORD)
+            except FileNotFoundError:  # another run set it aside meanwhile
+                continue
             except OSError as exc:
                 log.warning("%s: the storage holds trial %d as failed, but its record could not be set aside (%s)",
                             folder / RECORD, t.number, exc)
@@ -759,6 +761,9 @@ def status(session: Session) -> dict[str, Any]:
         for r in runs:
             rc[r.info.status] = rc.get(r.info.status, 0) + 1
         out["mlflow_runs"] = rc
+        live = sum(t.state == TrialState.RUNNING and not is_stale(t) for t in trials)
+        if rc.get("RUNNING", 0) > live:  # runs no live worker owns: the next `ablate run` closes them
+            out["mlflow_runs_orphaned"] = rc["RUNNING"] - live
         with contextlib.suppress(Exception):
             out["parent_run"] = {"id": parent, "status": tracker.get_status(parent)}
     return out

@@ -598,3 +598,22 @@ def test_a_read_only_report_folder_names_report_dir(tmp_path, monkeypatch):
     import ablate.report.study
 
     assert 'atomic_dir(dest, option="--report-dir")' in inspect.getsource(ablate.report.study.build_report)
+
+
+def test_library_loggers_keep_their_tracebacks_to_themselves(caplog):
+    """MLflow logs a traceback for every SQLAlchemy error before raising it again (30 of them in one full-disk
+    run): the command reports the error once, in one line."""
+    import logging
+
+    from ablate.tracking import configure_environment
+
+    configure_environment()
+    logger = logging.getLogger("mlflow.store.db.utils")
+    with caplog.at_level(logging.DEBUG, logger="mlflow.store.db.utils"):
+        try:
+            raise sqlite3.OperationalError("database or disk is full")
+        except sqlite3.OperationalError:
+            logger.exception("SQLAlchemy database error. The following exception is caught.")
+        logger.warning("a warning without a traceback")
+    assert [r.getMessage() for r in caplog.records if r.name == "mlflow.store.db.utils"] == \
+        ["a warning without a traceback"]

@@ -1,9 +1,10 @@
 """`ablate run | worker | status | summarize | ui`: studies as Optuna sweeps tracked in MLflow.
 
 Exit codes: 0 done (with `--first-seeds N`: every cell of the first N seeds done); 1 grid cells remain
-unfinished (each exhausted cell is listed with its reason) or a storage error (disk full, read-only,
-permission: one line naming the path); a failed or killed worker gives the highest worker status (128 +
-signal when killed); 2 bad input (the study file, a flag); 130 Ctrl-C, 143 SIGTERM.
+unfinished (each exhausted cell is listed with its reason), a storage error (disk full, read-only,
+permission: one line naming the path) or, for `summarize`, complete trials whose records cannot be read (named);
+a failed or killed worker gives the highest worker status (128 + signal when killed); 2 bad input (the study
+file, a duplicate key in it, its data: checked before anything is created; a flag); 130 Ctrl-C, 143 SIGTERM.
 """
 
 from __future__ import annotations
@@ -236,6 +237,9 @@ def _print_status(session) -> dict:
     if "mlflow_runs" in st:
         line += f"; MLflow trial runs: {st['mlflow_runs']}"
     print(line)
+    if st.get("mlflow_runs_orphaned"):
+        print(f"{st['mlflow_runs_orphaned']} MLflow trial run(s) RUNNING with no live worker (a worker died, or a full "
+              f"disk stopped it): the next `ablate run` closes them")
     if st.get("infra_failures"):
         n = sum(st["infra_failures"].values())
         print(f"infrastructure failures (no attempt used): {n}")
