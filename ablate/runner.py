@@ -13,16 +13,24 @@ JournalStorage: SQLite locks under parallel workers; a write cut off by a full d
 `ablate.storage`) and `mlflow.db` (MLflow's default store).
 
 Failures are classified (`ablate.faults`): a trial's own error uses up one of its cell's `MAX_ATTEMPTS`; an
-infrastructure error (disk full, read-only or unwritable folder, lost database) does not: the worker backs off
+infrastructure error (an I/O error, a lost database, an unwritable folder) does not: the worker backs off
 (`Backoff`: exponential, capped) and tries again, and gives up (the worker, not the cell) after a bounded time
-with a one-line `StorageError` / `InfraError`. A cell that used all its attempts is "exhausted" and is listed,
-with its last reason, by `status()` and `ablate run` (which then exits non-zero).
+with a one-line `StorageError` / `InfraError`. One that waiting cannot fix (`faults.fatal`: a full disk, a
+read-only file system) stops the worker at once; a full disk's line says how much space the study still needs
+(`space_needed`). A cell that used all its attempts is "exhausted" and is listed, with its last reason, by
+`status()` and `ablate run` (which then exits non-zero).
+
+Several runs of one study at once (`ablate run` twice, `ablate worker`s beside it) share it: a worker with nothing
+left to pop waits for the cells others run, taking over any whose worker dies. A rerun (`prepare`) reconciles
+what a crash or a full disk left: stale trials failed (`maintain`), MLflow runs that no live worker owns closed
+(`close_orphan_runs`), records of failed trials set aside (`set_aside_records`), and a moved study folder's
+MLflow store pointed at its new place (`repoint`).
 
 Workers started by `spawn_workers` die with their parent (`die_with_parent`), and a worker killed by a signal
 is reported by name. Library code logs (logger `ablate.runner`); only the CLI prints.
 
-Why one module of about 600 lines: the worker loop, stale-trial maintenance, the failure policy and the
-local worker processes share one protocol over the storage (which trial states and attributes mean what);
+Why one module of about 950 lines: the worker loop, stale-trial maintenance and rerun reconciliation, the failure
+policy and the local worker processes share one protocol over the storage (which trial states and attributes mean what);
 storage itself lives in `ablate.storage`, one trial's run and record in `ablate.trial`. Splitting the
 protocol across files would hide its invariants; the worker-process half is the next candidate to move out.
 """
@@ -358,7 +366,7 @@ def repoint(session: Session) -> int:
         n = repoint_artifacts(session.tracking_uri, f"ablate/{session.study.name}", session.paths.artifacts)
     except Exception as exc:  # noqa: BLE001 - reading does not need it; say why it was not done
         log.warning("MLflow's artifact locations still name the folder where the study ran (%s)",
-                    " ".join(str(exc).split()))
+                    faults.one_line(exc))
         return 0
     if n:
         log.info("the study folder moved since it ran: MLflow's artifact locations of %d run(s) now name %s", n,

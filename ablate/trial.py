@@ -194,12 +194,13 @@ def promote_record(folder: str | os.PathLike) -> Path | None:
 
 
 def _elsewhere(t: optuna.trial.FrozenTrial) -> tuple[str, str] | None:
-    """(host, its output folder) when trial `t` ran on another machine (a shared storage)."""
+    """(host, its output folder) when trial `t` ran on another machine of a shared storage (`run_trial` records
+    the folder there; a journal's trials are all in its own folder)."""
     import socket
 
-    host = t.user_attrs.get("host")
-    if host and host != socket.gethostname():
-        return str(host), str(t.user_attrs.get("out_dir") or "its output folder")
+    host, out_dir = t.user_attrs.get("host"), t.user_attrs.get("out_dir")
+    if host and out_dir and host != socket.gethostname():
+        return str(host), str(out_dir)
     return None
 
 
