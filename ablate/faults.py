@@ -8,9 +8,15 @@ attempt used) and `device` (a CUDA error after which the process's GPU context i
 illegal memory access: no attempt used, and the worker stops with `DeviceLost`, since every later trial in
 that process would fail too; a rerun retries the cell in a fresh process).
 
+Infrastructure errors that waiting cannot fix are `fatal`: a full disk (or quota) and a read-only file system
+stop the worker at the first one (`out_of_space` says how much space the study still needs), instead of
+retrying for minutes.
+
 Example:
     >>> classify(OSError(28, "No space left on device"))[0]
     'infra'
+    >>> fatal(OSError(28, "No space left on device"))
+    True
     >>> classify(ValueError("lr=-1 must be a number"))[0]
     'trial'
 """
@@ -46,6 +52,12 @@ _INFRA_TEXT = ("database is locked", "disk i/o error", "database or disk is full
 _DEVICE_TEXT = ("illegal memory access", "device-side assert", "unspecified launch failure",
                 "uncorrectable ecc error", "misaligned address", "illegal instruction was encountered",
                 "hardware stack error", "the launch timed out")
+
+
+# a full disk as the libraries say it: SQLite ("database or disk is full"), torch's serializer (which hides the
+# errno: "unexpected pos", "file write failed"), and the OS
+_FULL_TEXT = ("no space left", "database or disk is full", "disk quota exceeded", "unexpected pos",
+              "file write failed")
 
 
 class InfraError(RuntimeError):
@@ -101,6 +113,39 @@ def classify(exc: BaseException) -> tuple[str, str]:
             if "OperationalError" in name or any(t in text for t in _INFRA_TEXT) or not name.startswith("mlflow"):
                 return INFRA, reason
     return TRIAL, reason
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether `exc` (or one of its causes) is a full disk or an exceeded quota, however a library words it."""
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(t in str(e).lower() for t in _FULL_TEXT):
+            return True
+    return False
+
+
+def fatal(exc: BaseException) -> bool:
+    """An infrastructure error that waiting cannot fix: a full disk, an exceeded quota, a read-only file system.
+    The worker stops at the first one (one line naming the path) instead of backing off and retrying."""
+    if disk_full(exc):
+        return True
+    return any(isinstance(e, OSError) and e.errno == errno.EROFS for e in _chain(exc))
+
+
+def one_line(exc: BaseException) -> str:
+    """An error in one short line for a warning: "no space left on the device" for a full disk however a library
+    words it (SQLAlchemy's run to 5 lines with the SQL), else the error's first line."""
+    if disk_full(exc):
+        return "no space left on the device"
+    return _reason(exc)
+
+
+def out_of_space(path: str | os.PathLike, need: str) -> StorageError:
+    """The one line a worker stops with on a full disk: the path it could not write and `need`, what the study
+    still needs (`ablate.runner.space_needed`)."""
+    return StorageError(errno.ENOSPC, f"cannot write {os.fspath(path)}: no space left on the device; {need}",
+                        os.fspath(path))
 
 
 def give_up(exc: BaseException, path: str | os.PathLike, waited_s: float) -> Exception:

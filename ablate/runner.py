@@ -13,16 +13,24 @@ JournalStorage: SQLite locks under parallel workers; a write cut off by a full d
 `ablate.storage`) and `mlflow.db` (MLflow's default store).
 
 Failures are classified (`ablate.faults`): a trial's own error uses up one of its cell's `MAX_ATTEMPTS`; an
-infrastructure error (disk full, read-only or unwritable folder, lost database) does not: the worker backs off
+infrastructure error (an I/O error, a lost database, an unwritable folder) does not: the worker backs off
 (`Backoff`: exponential, capped) and tries again, and gives up (the worker, not the cell) after a bounded time
-with a one-line `StorageError` / `InfraError`. A cell that used all its attempts is "exhausted" and is listed,
-with its last reason, by `status()` and `ablate run` (which then exits non-zero).
+with a one-line `StorageError` / `InfraError`. One that waiting cannot fix (`faults.fatal`: a full disk, a
+read-only file system) stops the worker at once; a full disk's line says how much space the study still needs
+(`space_needed`). A cell that used all its attempts is "exhausted" and is listed, with its last reason, by
+`status()` and `ablate run` (which then exits non-zero).
+
+Several runs of one study at once (`ablate run` twice, `ablate worker`s beside it) share it: a worker with nothing
+left to pop waits for the cells others run, taking over any whose worker dies. A rerun (`prepare`) reconciles
+what a crash or a full disk left: stale trials failed (`maintain`), MLflow runs that no live worker owns closed
+(`close_orphan_runs`), records of failed trials set aside (`set_aside_records`), and a moved study folder's
+MLflow store pointed at its new place (`repoint`).
 
 Workers started by `spawn_workers` die with their parent (`die_with_parent`), and a worker killed by a signal
 is reported by name. Library code logs (logger `ablate.runner`); only the CLI prints.
 
-Why one module of about 600 lines: the worker loop, stale-trial maintenance, the failure policy and the
-local worker processes share one protocol over the storage (which trial states and attributes mean what);
+Why one module of about 950 lines: the worker loop, stale-trial maintenance and rerun reconciliation, the failure
+policy and the local worker processes share one protocol over the storage (which trial states and attributes mean what);
 storage itself lives in `ablate.storage`, one trial's run and record in `ablate.trial`. Splitting the
 protocol across files would hide its invariants; the worker-process half is the next candidate to move out.
 """
@@ -238,17 +246,132 @@ def prepare(session: Session, retry_failed: bool = False) -> optuna.Study:
         if session.first_seeds is not None:
             defer_out_of_scope(session, ostudy)
         tracker.ensure_experiment()
+        repoint(session)
         if "mlflow_parent_run_id" not in ostudy.user_attrs:
-            parent = tracker.start_parent(study.name, params={"mode": study.mode, "model": study.model,
-                                                              "data": study.data, "seeds": list(study.seeds),
-                                                              "baseline": study.baseline},
-                                          tags={"study_file": study.path})
-            ostudy.set_user_attr("mlflow_parent_run_id", parent)
+            ostudy.set_user_attr("mlflow_parent_run_id", _start_parent(study, tracker))
         else:
-            with contextlib.suppress(Exception):
-                tracker.reopen(ostudy.user_attrs["mlflow_parent_run_id"])
+            parent = ostudy.user_attrs["mlflow_parent_run_id"]
+            try:
+                tracker.reopen(parent)
+            except Exception as exc:  # noqa: BLE001 - a store made afresh (it was half-created) has no such run
+                if tracker.run_exists(parent):
+                    log.warning("could not mark the study's MLflow run %s RUNNING again: %s", parent,
+                                faults.one_line(exc))
+                else:
+                    new_parent = _start_parent(study, tracker)
+                    ostudy.set_user_attr("mlflow_parent_run_id", new_parent)
+                    log.warning("the study's MLflow run %s is not in %s: started a new one, %s", parent,
+                                session.tracking_uri, new_parent)
     maintain(session, ostudy, tracker)
+    closed = close_orphan_runs(session, ostudy, tracker)
+    if closed:
+        log.info("closed %d MLflow trial run(s) left RUNNING by workers that are gone (%s)", sum(closed.values()),
+                 ", ".join(f"{n} {k}" for k, n in sorted(closed.items())))
+    aside = set_aside_records(session, ostudy)
+    if aside:
+        log.info("set aside the record.json of %d trial(s) the storage holds as failed (renamed %s): %s", len(aside),
+                 FAILED_RECORD, ", ".join(map(str, aside)))
     return ostudy
+
+
+def _start_parent(study: Study, tracker: Tracker) -> str:
+    return tracker.start_parent(study.name, params={"mode": study.mode, "model": study.model, "data": study.data,
+                                                    "seeds": list(study.seeds), "baseline": study.baseline},
+                                tags={"study_file": study.path})
+
+
+FAILED_RECORD = "record.failed.json"
+
+
+def close_orphan_runs(session: Session, ostudy: optuna.Study, tracker: Tracker) -> dict[str, int]:
+    """End every MLflow trial run still RUNNING that no live worker owns (a worker that died, or whose last writes
+    failed on a full disk): FINISHED when its trial is complete, else FAILED (its trial failed: the reason is
+    tagged) or KILLED (its worker was killed or vanished, or no trial holds it). A run whose trial is running
+    and not stale is left alone. Returns counts by the status given."""
+    parent = ostudy.user_attrs.get("mlflow_parent_run_id")
+    if not parent:
+        return {}
+    try:
+        runs = [r for r in tracker.trial_runs(parent) if r.info.status == "RUNNING"]
+    except Exception as exc:  # noqa: BLE001 - the study can run without this; say why it was not done
+        log.warning("could not look for MLflow runs left RUNNING: %s", faults.one_line(exc))
+        return {}
+    if not runs:
+        return {}
+    by_number = {t.number: t for t in ostudy.get_trials(deepcopy=False)}
+    closed: dict[str, int] = {}
+    for r in runs:
+        tag = r.data.tags.get("optuna_trial")
+        t = by_number.get(int(tag)) if tag and tag.isdigit() else None
+        held = t is not None and t.user_attrs.get("mlflow_run_id") in (None, r.info.run_id)
+        if t is not None and t.state == TrialState.RUNNING and held and not is_stale(t):
+            continue  # a live worker's (it may not have recorded its run id yet)
+        if t is None:
+            status, reason = "KILLED", "no Optuna trial holds this run (its worker died before recording it)"
+        elif not held:
+            status, reason = "KILLED", f"trial {t.number} went on with run {t.user_attrs.get('mlflow_run_id')}"
+        elif t.state == TrialState.COMPLETE or t.state == TrialState.PRUNED:
+            status, reason = "FINISHED", ""
+        elif t.state == TrialState.FAIL:
+            kind = str(t.user_attrs.get("fail_kind", faults.TRIAL))
+            status = "KILLED" if kind in (faults.KILLED, faults.STALE) else "FAILED"
+            reason = str(t.user_attrs.get("fail_reason", "its trial failed"))
+        else:
+            status, reason = "KILLED", f"its trial is {t.state.name} and no live worker runs it"
+        try:
+            if reason:
+                tracker.set_tags(r.info.run_id, {"error": reason[:4000], "error_kind": "closed on rerun"})
+            tracker.finish(r.info.run_id, status)
+        except Exception as exc:  # noqa: BLE001 - one run that cannot be closed does not stop the study
+            log.warning("could not close MLflow run %s: %s", r.info.run_id, faults.one_line(exc))
+            continue
+        closed[status] = closed.get(status, 0) + 1
+    return closed
+
+
+def set_aside_records(session: Session, ostudy: optuna.Study) -> list[int]:
+    """A trial that the storage holds as failed must not keep a `record.json` that says completed (an older
+    version wrote the record before the storage had the trial complete; a disk that filled up between the two
+    left both): it is renamed `record.failed.json`, and a pending record of such a trial removed, so each cell
+    has exactly one completed record. Returns the trial numbers set aside."""
+    from ablate.trial import PENDING, RECORD, trial_folder
+
+    aside = []
+    for t in ostudy.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        folder = trial_folder(session, t)
+        with contextlib.suppress(OSError):
+            (folder / PENDING / RECORD).unlink(missing_ok=True)
+            (folder / PENDING).rmdir()
+        if (folder / RECORD).exists():
+            try:
+                os.replace(folder / RECORD, folder / FAILED_RECORD)
+            except FileNotFoundError:  # another run set it aside meanwhile
+                continue
+            except OSError as exc:
+                log.warning("%s: the storage holds trial %d as failed, but its record could not be set aside (%s)",
+                            folder / RECORD, t.number, exc)
+                continue
+            aside.append(t.number)
+    return aside
+
+
+def repoint(session: Session) -> int:
+    """A study folder moved or copied since it ran: its own MLflow store is made to name the folder where it is
+    now for its artifacts (`ablate.tracking.repoint_artifacts`), so new runs write here and the MLflow UI finds
+    the files. Best effort (a read-only folder is read as it is: readers never depend on it). Returns the runs
+    re-pointed."""
+    from ablate.tracking import repoint_artifacts
+
+    try:
+        n = repoint_artifacts(session.tracking_uri, f"ablate/{session.study.name}", session.paths.artifacts)
+    except Exception as exc:  # noqa: BLE001 - reading does not need it; say why it was not done
+        log.warning("MLflow's artifact locations still name the folder where the study ran (%s)",
+                    faults.one_line(exc))
+        return 0
+    if n:
+        log.info("the study folder moved since it ran: MLflow's artifact locations of %d run(s) now name %s", n,
+                 session.paths.artifacts)
+    return n
 
 
 def finish_study(session: Session, outcome: str) -> str | None:
@@ -299,6 +422,15 @@ def claim(storage: optuna.storages.BaseStorage, trial_id: int) -> None:
     gone is then failed at once by the next `maintain` (`is_stale`), not after the heartbeat's grace."""
     storage.set_trial_user_attr(trial_id, "host", socket.gethostname())
     storage.set_trial_user_attr(trial_id, "pid", os.getpid())
+    storage.set_trial_user_attr(trial_id, "run_pid", run_pid())
+
+
+_PARENT_RUN: list[int] = []  # the `ablate run` that started this worker (`die_with_parent`)
+
+
+def run_pid() -> int:
+    """The process of the `ablate run` this worker belongs to (its own pid for a worker on its own)."""
+    return _PARENT_RUN[0] if _PARENT_RUN else os.getpid()
 
 
 class Heartbeat:
@@ -387,20 +519,62 @@ def defer_out_of_scope(session: Session, ostudy: optuna.Study) -> int:
     return n
 
 
+POLL_S = float(os.environ.get("ABLATE_POLL_S", "2"))  # how often a worker with nothing to pop looks again
+STUDY_WAIT_S = float(os.environ.get("ABLATE_STUDY_WAIT_S", "30"))  # a worker waits this long for `ablate run`
+
+
+def _wait_for_study(session: Session) -> optuna.Study:
+    """The Optuna study. A worker started at the same moment as the `ablate run` that creates it waits for it, up
+    to `STUDY_WAIT_S` (one line says so), looking under the study lock (which `prepare` holds while it creates
+    the study); then the `load_optuna_study` error, one line saying to start it."""
+    deadline = time.monotonic() + STUDY_WAIT_S
+    said = False
+    while True:
+        try:
+            with study_lock(session):
+                return load_optuna_study(session)
+        except KeyError:
+            if time.monotonic() >= deadline:
+                raise
+            if not said:
+                log.info("no study %s in %s yet: waiting up to %.0f s for `ablate run` to start it",
+                         session.study.name, session.storage_url, STUDY_WAIT_S)
+                said = True
+        time.sleep(min(POLL_S, 0.5))
+
+
+def _others_running(session: Session, trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """Trials in this run's scope that other workers are running (maintain has failed the stale ones)."""
+    return [t for t in trials if t.state == TrialState.RUNNING
+            and (session.study.mode != "grid" or session.in_scope(cell_of(t)))]
+
+
+def _owners(trials: list[optuna.trial.FrozenTrial]) -> str:
+    owners = sorted({f"pid {t.user_attrs['pid']} on {t.user_attrs.get('host', '?')}" for t in trials
+                     if "pid" in t.user_attrs})
+    return ", ".join(owners) or "workers that have not said where"
+
+
 def work(session: Session, max_trials: int | None = None, backoff: Backoff | None = None) -> int:
     """The worker loop: maintain, pop a trial, run it, until the study is done. Returns trials run.
 
-    A trial's own error fails that attempt (its reason is on the trial, its traceback in the trial folder) and
-    the loop goes on. An infrastructure error (`faults.classify`) uses no attempt: the loop waits (`backoff`,
-    default `Backoff.from_env()`) and tries again; after `give_up_s` of consecutive infrastructure errors it
-    raises the last one as a one-line `StorageError` (space, read-only, permission) or `faults.InfraError`."""
+    With nothing left to pop while other workers (another `ablate run` or `ablate worker` of the same study)
+    still run cells, the worker says so in one line and waits for them, taking over any whose worker dies, so
+    every run of a study started at once ends with the whole study. A trial's own error fails that attempt (its
+    reason is on the trial, its traceback in the trial folder) and the loop goes on. An infrastructure error
+    (`faults.classify`) uses no attempt: the loop waits (`backoff`, default `Backoff.from_env()`) and tries
+    again; after `give_up_s` of consecutive infrastructure errors it raises the last one as a one-line
+    `StorageError` (space, read-only, permission) or `faults.InfraError`. One that waiting cannot fix
+    (`faults.fatal`: a full disk, a read-only file system) stops the worker at once, a full disk with how much
+    space the study still needs (`space_needed`)."""
     policy = backoff or Backoff.from_env()
     tracker = session.tracker()
-    ostudy = load_optuna_study(session)
+    ostudy = _wait_for_study(session)
     done = 0
     infra_since: float | None = None
     delays = policy.delays()
     orphans: list[tuple[optuna.Trial, str, str]] = []
+    said_waiting = False
     while max_trials is None or done < max_trials:
         trial: optuna.Trial | None = None
         try:
@@ -408,19 +582,33 @@ def work(session: Session, max_trials: int | None = None, backoff: Backoff | Non
             maintain(session, ostudy, tracker)
             trials = ostudy.get_trials(deepcopy=False)
             if session.study.mode == "grid":
-                if not any(t.state == TrialState.WAITING and session.in_scope(cell_of(t)) for t in trials):
-                    break
+                left = any(t.state == TrialState.WAITING and session.in_scope(cell_of(t)) for t in trials)
             else:
-                active = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)]
-                if len(active) >= int(session.study.search["n_trials"]):
+                finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+                running = [t for t in trials if t.state == TrialState.RUNNING]
+                left = len(finished) + len(running) < int(session.study.search["n_trials"])
+                if len(finished) >= int(session.study.search["n_trials"]):
                     break
+            if not left:
+                others = _others_running(session, trials)
+                if not others:
+                    break
+                strangers = [t for t in others if t.user_attrs.get("run_pid") != run_pid()
+                             or t.user_attrs.get("host") != socket.gethostname()]
+                if strangers and not said_waiting:  # (this run's own workers wait for each other silently)
+                    log.info("study %s is already being run by another process too (%s): this one works alongside "
+                             "it and waits for its %d trial(s) to finish", session.study.name, _owners(strangers),
+                             len(strangers))
+                    said_waiting = True
+                time.sleep(POLL_S)
+                continue
             trial = ostudy.ask()
             claim(ostudy._storage, trial._trial_id)
             if session.study.mode == "grid" and cell_of(ostudy._storage.get_trial(trial._trial_id)) is None:
                 # the queue emptied between our look and our ask: give the fresh trial back
                 ostudy._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "queue empty")
                 ostudy.tell(trial, state=TrialState.FAIL)
-                break
+                continue
             from ablate.trial import run_trial
 
             run_trial(session, ostudy, trial, tracker)
@@ -452,18 +640,95 @@ def work(session: Session, max_trials: int | None = None, backoff: Backoff | Non
                 log.debug("trial %d traceback:\n%s", trial.number, traceback.format_exc())
                 infra_since, delays = None, policy.delays()
                 continue
+            where = _error_path(exc) or (session.paths.trial_dir(trial.number) if trial is not None
+                                         else session.paths.root)
+            if faults.fatal(exc):  # waiting frees no space and makes nothing writable: stop now, say what to do
+                with contextlib.suppress(Exception):
+                    _fail_orphans(ostudy, orphans)
+                if faults.disk_full(exc):
+                    raise faults.out_of_space(where, space_needed(session, ostudy)) from exc
+                raise faults.give_up(exc, where, 0) from exc
             now = time.monotonic()
             if infra_since is None:
                 infra_since = now
             delay = next(delays)
             if now - infra_since + delay > policy.give_up_s:
-                where = getattr(exc, "filename", None) or (session.paths.trial_dir(trial.number) if trial is not None
-                                                           else session.paths.root)
                 raise faults.give_up(exc, where, now - infra_since) from exc
             log.warning("infrastructure error%s: %s; retrying in %.1f s (no attempt used)",
                         f" in trial {trial.number}" if trial is not None else "", reason, delay)
             time.sleep(delay)
     return done
+
+
+def _error_path(exc: BaseException) -> str | None:
+    """The file an error names (its `filename`, or that of a cause)."""
+    for e in faults._chain(exc):
+        name = getattr(e, "filename", None)
+        if name:
+            return os.fspath(name)
+    return None
+
+
+def _du(path: Any) -> int:
+    """Bytes of the files under `path` (0 when it is not there)."""
+    from pathlib import Path
+
+    total = 0
+    for p in Path(path).rglob("*"):
+        with contextlib.suppress(OSError):
+            if p.is_file() and not p.is_symlink():
+                total += p.stat().st_size
+    return total
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def space_needed(session: Session, ostudy: optuna.Study | None = None) -> str:
+    """What a full disk's message says the study still needs: the mean size of the trials written so far (each
+    trial's folder with its checkpoints, and MLflow's copy of it) times the cells (or trials) still to run, and
+    the space free there now. Best effort: the storage may be unreadable on a full disk."""
+    import shutil
+
+    try:
+        ostudy = ostudy or load_optuna_study(session)
+        trials = ostudy.get_trials(deepcopy=False)
+    except Exception:  # noqa: BLE001 - no estimate then
+        trials = []
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    if session.study.mode == "grid":
+        scope = [i for i in range(len(session.study.cells)) if session.in_scope(i)]
+        complete = {cell_of(t) for t in done}
+        left = sum(i not in complete for i in scope)
+    else:
+        left = max(0, int(session.study.search["n_trials"]) - len(done))
+    sizes = []
+    for t in done:
+        run_id = t.user_attrs.get("mlflow_run_id")
+        copy = _du(session.paths.artifacts / run_id) if run_id else 0
+        sizes.append(_du(session.paths.trial_dir(t.number)) + copy)
+    basis = "per trial so far, its folder and MLflow's copy"
+    if not sizes:  # no trial finished: what the ones that started wrote (checkpoints first), with a copy of best.pt
+        for d in sorted((session.paths.root / "trials").glob("*")):
+            if any(d.glob("*.pt")):
+                best = d / "best.pt"
+                sizes.append(_du(d) + (best.stat().st_size if best.exists() else 0))
+        basis = "per trial, from the checkpoints written so far"
+    free = ""
+    with contextlib.suppress(OSError):
+        free = f"; {_size(shutil.disk_usage(session.paths.root).free)} free there now"
+    if not sizes:
+        return (f"{left} cell(s) left to run, and no trial has written its checkpoints yet to estimate their size"
+                f"{free}; free some space (or move the study folder to a bigger disk) and run the command again")
+    per = sum(sizes) / len(sizes)
+    what = "cell" if session.study.mode == "grid" else "trial"
+    return (f"the study still needs about {_size(per * left)} ({left} {what}(s) left x {_size(per)} {basis}){free}; "
+            f"free that much (or move the study folder to a bigger disk) and run the command again")
 
 
 def status(session: Session) -> dict[str, Any]:
@@ -504,6 +769,9 @@ def status(session: Session) -> dict[str, Any]:
         for r in runs:
             rc[r.info.status] = rc.get(r.info.status, 0) + 1
         out["mlflow_runs"] = rc
+        live = sum(t.state == TrialState.RUNNING and not is_stale(t) for t in trials)
+        if rc.get("RUNNING", 0) > live:  # runs no live worker owns: the next `ablate run` closes them
+            out["mlflow_runs_orphaned"] = rc["RUNNING"] - live
         with contextlib.suppress(Exception):
             out["parent_run"] = {"id": parent, "status": tracker.get_status(parent)}
     return out
@@ -667,6 +935,7 @@ def die_with_parent(parent_pid: int | None = None, sig: int = signal.SIGTERM, us
     if parent_pid is None:
         env = os.environ.get("ABLATE_PARENT_PID")
         parent_pid = int(env) if env else os.getppid()
+    _PARENT_RUN[:] = [parent_pid]
     how = "thread"
     if use_prctl and sys.platform.startswith("linux"):
         try:

@@ -42,8 +42,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JournalError", "JournalRepair", "SafeJournalFileBackend", "check_journal", "open_storage", "repair_journal",
-           "study_lock"]
+__all__ = ["JournalError", "JournalRepair", "SafeJournalFileBackend", "check_journal", "file_lock", "open_storage",
+           "repair_journal", "study_lock"]
 
 # every log Optuna's JournalStorage writes is json.dumps({"op_code": ..., ...}, separators=(",", ":"))
 _LOG_START = b'{"op_code":'
@@ -311,17 +311,45 @@ def study_lock(storage_url: str, study_name: str) -> Iterator[None]:
             finally:
                 engine.dispose()
             return
-        lock_path = Path(storage_url + ".ablate-lock")  # not ".lock": the journal backend owns that name
+        # not ".lock": the journal backend owns that name
+        with _flock(Path(storage_url + ".ablate-lock")):
+            yield
+    finally:
+        depth.pop(key, None)
+
+
+@contextlib.contextmanager
+def _flock(lock_path: Path) -> Iterator[None]:
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(lock_path, "a")  # noqa: SIM115 - held across the yield
+    except OSError as exc:
+        raise (storage_error(exc, lock_path) or exc) from exc
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            lock_path.parent.mkdir(parents=True, exist_ok=True)
-            fh = open(lock_path, "a")  # noqa: SIM115 - held across the yield
-        except OSError as exc:
-            raise (storage_error(exc, lock_path) or exc) from exc
-        with fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive lock on `path` + ".ablate-lock" (a file lock beside it), re-entrant within a thread: one
+    process at a time creates or repairs that file (an MLflow store)."""
+    lock_path = Path(os.fspath(path) + ".ablate-lock")
+    key = os.path.abspath(lock_path)
+    depth: dict[str, int] = _held.__dict__.setdefault("depth", {})
+    if depth.get(key):
+        depth[key] += 1
+        try:
+            yield
+        finally:
+            depth[key] -= 1
+        return
+    depth[key] = 1
+    try:
+        with _flock(lock_path):
+            yield
     finally:
         depth.pop(key, None)

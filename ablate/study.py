@@ -373,13 +373,52 @@ def _check_space(key: str, spec: Any, model: str, base_model: dict, path: str,
             _check_train({**(base_train or {}), **vt}, where, path)
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, second: int):
+        super().__init__(f"duplicate key {key!r} (lines {first} and {second})")
+        self.key, self.first, self.second = key, first, second
+
+
+class StudyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that names a key twice (PyYAML keeps the last silently: two
+    `masks_on:` under `variants:` would make one variant of two). Keys merged in with `<<:` may be
+    overridden, as YAML allows."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, seen[key], line)
+                seen[key] = line
+            except TypeError:  # an unhashable key: SafeLoader's own error says so
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """A study file's content; a duplicate key or a YAML error is a `StudyError` naming the file (and both
+    lines of a duplicate key)."""
+    p = Path(path)
+    try:
+        return yaml.load(p.read_text(), Loader=StudyLoader)  # noqa: S506 - StudyLoader is a SafeLoader
+    except _DuplicateKey as exc:
+        raise StudyError(f"{p}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise StudyError(f"{p}: not valid YAML: {exc}") from exc
+
+
 PACKAGED_STUDIES = Path(__file__).resolve().parent / "_studies"  # the wheel's copy of the checkout's studies/
 
 
 def study_folders() -> list[Path]:
-    """Where a study name is looked up, first match wins: `./studies/` of the current folder or of a folder above
-    it (a user's own study of a shipped name wins), the checkout's `studies/` (their source), then the copy packaged in the
-    wheel (`ablate/_studies/`, written at build time; see setup.py)."""
+    """Where a study name is looked up, first match wins: `./studies/` of the current folder or of a folder
+    above it (a user's own study of a shipped name wins), the checkout's `studies/` (their source), then the
+    copy packaged in the wheel (`ablate/_studies/`, written at build time; see setup.py)."""
     here = Path.cwd()  # studies/ here or in a folder above (a notebook's kernel runs in notebooks/)
     return [*(d / "studies" for d in (here, *here.parents)), Path(__file__).resolve().parents[1] / "studies",
             PACKAGED_STUDIES]
@@ -409,8 +448,4 @@ def load_study(ref: str | os.PathLike) -> Study:
     """A study by path, or by name (`quickstart` -> `studies/quickstart.yaml`, looked up in `study_folders()`:
     the current folder's `studies/`, the checkout's, then the copy inside the installed package)."""
     p = find_study(ref)
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise StudyError(f"{p}: not valid YAML: {exc}") from exc
-    return parse_study(raw, str(p))
+    return parse_study(read_yaml(p), str(p))

@@ -4,8 +4,10 @@ A finished trial's folder (`runs/<study>/trials/NNNN/`) holds
 
     record.json          study, trial number, variant, seed, status, network and training config, metrics,
                          the device and the precision it trained at ("bf16" or "fp32", `runtime.precision_for`;
-                         absent in older records), and the artifact paths below; written last, atomically: its
-                         presence means complete
+                         absent in older records), and the artifact paths below; written last, atomically, as
+                         `.pending/record.json`, and moved into place only once the storage has the trial
+                         complete: its presence means complete (a trial that failed after its record was written
+                         leaves none)
     test/                the test-split evaluation (`resmasknet.evaluate.EvalResult.save`: metrics.json,
                          predictions.npz with index / label / prediction / probabilities, predictions.csv)
     test_tta_authors/    the same with the authors' TTA (when the study asks for TTA)
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECORD = "record.json"
+PENDING = ".pending"  # a record written before the storage has its trial complete: `.pending/record.json`
 FORMAT = "ablate-trial/1"
 ARTIFACT_PATH = "record"  # the MLflow artifact folder that mirrors the trial folder
 
@@ -125,13 +128,15 @@ class TrialRecord:
         return f"{self.variant}/seed{self.seed}"
 
 
-def write_record(folder: str | os.PathLike, record: TrialRecord) -> Path:
-    """Write record.json last and atomically; artifacts named in the record must exist already."""
+def write_record(folder: str | os.PathLike, record: TrialRecord, *, pending: bool = False) -> Path:
+    """Write record.json last and atomically; artifacts named in the record must exist already. pending: write
+    `.pending/record.json` instead, for a trial the storage does not have complete yet (`promote_record` moves
+    it into place once it has)."""
     folder = Path(folder)
     missing = [name for name, rel in record.artifacts.items() if not (folder / rel).exists()]
     if missing:
         raise FileNotFoundError(f"{folder}: the record names artifacts that are not there: {missing}")
-    return atomic_write_json(folder / RECORD, record.to_dict())
+    return atomic_write_json(folder / PENDING / RECORD if pending else folder / RECORD, record.to_dict())
 
 
 def read_record(folder: str | os.PathLike, source: str = "files") -> TrialRecord:
@@ -152,10 +157,13 @@ class TrialSet:
     sources: dict[str, int]  # source -> count
     problems: list[str]  # one line per complete trial whose record could not be read
     where: str = ""
+    notes: list[str] = field(default_factory=list)  # trials read from MLflow (and why), records set aside
 
     def describe(self) -> str:
         parts = ", ".join(f"{n} from {s}" for s, n in self.sources.items() if n)
         line = f"{len(self.records)} trials: {parts or 'none'}" + (f" ({self.where})" if self.where else "")
+        if self.notes:
+            line += "; " + "; ".join(self.notes)
         if self.problems:
             line += f"; {len(self.problems)} unreadable: " + "; ".join(self.problems)
         return line
@@ -173,59 +181,151 @@ class TrialSet:
         return {(r.variant, r.seed): r for r in self.records}
 
 
+def trial_folder(session: Session, t: optuna.trial.FrozenTrial) -> Path:
+    """Where trial `t`'s files are in this study folder. Its `trial_dir` attribute is relative to the study
+    folder (`trials/0003`), so a moved or copied folder finds its trials; older studies stored the absolute path
+    where they ran, whose last part is looked up here first (the original, when it still exists, second)."""
+    stored = t.user_attrs.get("trial_dir")
+    if not stored:
+        return session.paths.trial_dir(t.number)
+    p = Path(stored)
+    if not p.is_absolute():
+        return session.paths.root / p
+    here = session.paths.root / "trials" / p.name
+    return p if not here.exists() and p.exists() else here
+
+
+def promote_record(folder: str | os.PathLike) -> Path | None:
+    """Move a trial's pending record (`.pending/record.json`, written before the storage had the trial complete)
+    to `record.json`, once the storage has it: from then on its presence means complete. Returns the record's
+    path, or None when there is no pending record. Best effort: a read-only folder keeps it pending (readers
+    accept a pending record of a trial the storage holds complete)."""
+    folder = Path(folder)
+    pending = folder / PENDING / RECORD
+    if not pending.exists():
+        return None
+    try:
+        os.replace(pending, folder / RECORD)
+        with contextlib.suppress(OSError):
+            (folder / PENDING).rmdir()
+    except OSError as exc:
+        log.debug("cannot promote %s: %s", pending, exc)
+        return pending
+    return folder / RECORD
+
+
+def _elsewhere(t: optuna.trial.FrozenTrial) -> tuple[str, str] | None:
+    """(host, its output folder) when trial `t` ran on another machine of a shared storage (`run_trial` records
+    the folder there; a journal's trials are all in its own folder)."""
+    import socket
+
+    host, out_dir = t.user_attrs.get("host"), t.user_attrs.get("out_dir")
+    if host and out_dir and host != socket.gethostname():
+        return str(host), str(out_dir)
+    return None
+
+
 def read_trials(session: Session, *, download_dir: str | os.PathLike | None = None) -> TrialSet:
-    """Storage -> files -> MLflow: the storage lists the complete trials; each record is read from its folder,
-    else from its MLflow run's `record` artifact. Without a readable storage, the trial folders are scanned."""
+    """Storage -> files -> MLflow: the storage lists the complete trials; each record is read from its folder
+    (found relative to the study folder, wherever it is now), else from its MLflow run's `record` artifact
+    (this folder's copy, else a download). Trials read from MLflow are named with the reason; a trial that
+    cannot be read is a problem line (trials that ran on another machine whose files are not here: one line per
+    machine, naming it and its folder). Without a readable storage, the trial folders are scanned."""
     from optuna.trial import TrialState
 
     from ablate.session import load_optuna_study
 
     sources = {"files": 0, "mlflow": 0}
     problems: list[str] = []
+    notes: list[str] = []
     records: list[TrialRecord] = []
+    trials_dir = session.paths.root / "trials"
     try:
         ostudy = load_optuna_study(session)
         complete = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     except Exception as exc:  # no storage here: the files are all we have
         log.warning("cannot open the study storage %s (%s); reading the trial folders under %s",
-                    session.storage_url, exc, session.paths.root / "trials")
-        for rec_path in sorted((session.paths.root / "trials").glob(f"*/{RECORD}")):
+                    session.storage_url, exc, trials_dir)
+        by_cell: dict[tuple[str, int], TrialRecord] = {}
+        for rec_path in sorted(trials_dir.glob(f"*/{RECORD}")):
             try:
-                records.append(read_record(rec_path.parent))
-                sources["files"] += 1
+                rec = read_record(rec_path.parent)
             except (OSError, ValueError, KeyError) as err:
                 problems.append(f"{rec_path}: {err}")
-        return TrialSet(records, sources, problems, where=f"scanned {session.paths.root / 'trials'}")
+                continue
+            old = by_cell.get((rec.variant, rec.seed))
+            if old is not None:  # an older version's retried cell: the later trial is the one that counts
+                notes.append(f"trial {old.trial} ({old.label}) set aside: trial {rec.trial} is a later record of "
+                             f"the same cell")
+            by_cell[(rec.variant, rec.seed)] = rec
+        records = sorted(by_cell.values(), key=lambda r: r.trial)
+        sources["files"] = len(records)
+        return TrialSet(records, sources, problems, where=f"scanned {trials_dir}", notes=notes)
     tracker = None
+    away: dict[tuple[str, str], list[str]] = {}
     for t in complete:
         a = t.user_attrs
-        folder = Path(a["trial_dir"]) if a.get("trial_dir") else session.paths.trial_dir(t.number)
+        folder = trial_folder(session, t)
         label = f"trial {t.number} ({a.get('variant')}/seed{a.get('seed')})"
-        if (folder / RECORD).exists():
+        if (folder / RECORD).exists() or (folder / PENDING / RECORD).exists():
             try:
-                records.append(read_record(folder))
+                if not (folder / RECORD).exists():  # the storage has it complete: its pending record holds
+                    promote_record(folder)
+                path = folder / RECORD if (folder / RECORD).exists() else folder / PENDING / RECORD
+                records.append(read_record(path.parent))
+                records[-1].folder = folder
                 sources["files"] += 1
-                continue
             except (OSError, ValueError, KeyError) as err:
                 problems.append(f"{label}: {err}")
-                continue
+            continue
         run_id = a.get("mlflow_run_id")
+        other = _elsewhere(t)
         if not run_id:
-            problems.append(f"{label}: no {RECORD} in {folder} and no MLflow run")
+            if other:
+                away.setdefault(other, []).append(label)
+            else:
+                problems.append(f"{label}: no {RECORD} in {folder} and no MLflow run")
             continue
         try:
             tracker = tracker or session.tracker()
-            dest = Path(download_dir) if download_dir else session.paths.root / "downloads"
-            dest = dest / f"{t.number:04d}"
-            if not (dest / ARTIFACT_PATH / RECORD).exists():
-                dest.mkdir(parents=True, exist_ok=True)
-                tracker.client.download_artifacts(run_id, ARTIFACT_PATH, str(dest))
-            records.append(read_record(dest / ARTIFACT_PATH, source="mlflow"))
+            local = tracker.artifact_dir(run_id)
+            if local is not None and (local / ARTIFACT_PATH / RECORD).exists():
+                got = local / ARTIFACT_PATH
+            else:
+                dest = _download_dir(session, download_dir) / f"{t.number:04d}"
+                got = dest / ARTIFACT_PATH
+                if not (got / RECORD).exists():
+                    got = tracker.download(run_id, ARTIFACT_PATH, dest)
+            records.append(read_record(got, source="mlflow"))
             sources["mlflow"] += 1
+            notes.append(f"{label} from MLflow: no {RECORD} in {folder}")
         except Exception as err:  # noqa: BLE001 - any failure is reported, none is silent
-            problems.append(f"{label}: no {RECORD} in {folder}, and its MLflow artifact could not be read ({err})")
+            if other:
+                away.setdefault(other, []).append(label)
+            else:
+                problems.append(f"{label}: no {RECORD} in {folder}, and its MLflow artifact could not be read "
+                                f"({' '.join(str(err).split())})")
+    for (host, out_dir), labels in away.items():
+        problems.append(f"{', '.join(labels)}: ran on host {host}, whose folder {out_dir} holds the files and is "
+                        f"not reachable here (nor is an MLflow copy); copy its trials/ and mlartifacts/ into "
+                        f"{session.paths.root}, or read the study on {host}")
     records.sort(key=lambda r: r.trial)
-    return TrialSet(records, sources, problems, where=str(session.paths.root / "trials"))
+    return TrialSet(records, sources, problems, where=str(trials_dir), notes=notes)
+
+
+def _download_dir(session: Session, given: str | os.PathLike | None) -> Path:
+    """Where MLflow downloads go: `given`, else `downloads/` in the study folder, else (a read-only folder) a
+    temporary folder."""
+    if given:
+        return Path(given)
+    dest = session.paths.root / "downloads"
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        return dest
+    except OSError:
+        import tempfile
+
+        return Path(tempfile.mkdtemp(prefix="ablate-downloads-"))
 
 
 # ---- running one trial ---------------------------------------------------------------------------------
@@ -275,10 +375,14 @@ def run_trial(session: Session, ostudy: optuna.Study, trial: optuna.Trial, track
     storage.set_trial_user_attr(trial._trial_id, "mlflow_run_id", run_id)
     storage.set_trial_user_attr(trial._trial_id, "variant", vname)
     storage.set_trial_user_attr(trial._trial_id, "seed", seed)
-    storage.set_trial_user_attr(trial._trial_id, "trial_dir", str(trial_dir.resolve()))
+    # relative to the study folder, so the folder can be moved or copied; with a shared storage, the folder
+    # where this machine keeps the files too, so another machine can say where they are
+    storage.set_trial_user_attr(trial._trial_id, "trial_dir", trial_dir.relative_to(session.paths.root).as_posix())
+    if not session.storage_url.endswith(".journal") and "://" in session.storage_url:
+        storage.set_trial_user_attr(trial._trial_id, "out_dir", str(session.paths.root.resolve()))
     beat = Heartbeat(storage, trial._trial_id)
     prune = study.mode == "search" and len(study.objectives) == 1 and study.search.get("pruner") != "none"
-    pruned = False
+    pruned = told = False
 
     def callback(epoch: int, metrics: dict[str, float]) -> None:
         nonlocal pruned
@@ -290,7 +394,8 @@ def run_trial(session: Session, ostudy: optuna.Study, trial: optuna.Trial, track
                 raise StopTraining(f"pruned by Optuna at epoch {epoch}")
 
     try:
-        (trial_dir / RECORD).unlink(missing_ok=True)  # a retried cell: never mistake an old record for this one
+        for stale in (trial_dir / RECORD, trial_dir / PENDING / RECORD):  # never mistake an old record for this one
+            stale.unlink(missing_ok=True)
         use_device(device)  # a worker on cuda:N: what torch puts on the current GPU goes to N, not to GPU 0
         data = _load_data(str(study.resolved("data")))
         model = create_model(cfg, seed=run_seed)  # masks_off and unapplied at one seed: the same backbone
@@ -307,18 +412,26 @@ def run_trial(session: Session, ostudy: optuna.Study, trial: optuna.Trial, track
                              status="pruned" if pruned else result.status, metrics=metrics, config=cfg.to_dict(),
                              train=tcfg.to_dict(), artifacts=artifacts, mlflow_run_id=run_id,
                              device=describe_device(device), precision=getattr(result, "precision", precision))
-        write_record(trial_dir, record)
+        # the record is pending until the storage has the trial complete: a failure from here on (a full disk,
+        # a kill) leaves no record.json that looks complete for a trial the storage holds as failed
+        pending = write_record(trial_dir, record, pending=True)
         tracker.log_metrics(run_id, metrics)
         tracker.set_tags(run_id, {"status": record.status})
         tracker.log_artifacts(run_id, trial_dir, ARTIFACT_PATH, skip=("last.pt",))
+        tracker.log_artifact(run_id, pending, ARTIFACT_PATH)
         tracker.finish(run_id, "FINISHED")
         beat.stop()
         if pruned:
             ostudy.tell(trial, state=TrialState.PRUNED)
-            return
-        ostudy.tell(trial, [metrics[o.metric] for o in study.objectives])
+        else:
+            ostudy.tell(trial, [metrics[o.metric] for o in study.objectives])
+        told = True
+        promote_record(trial_dir)  # a kill before this line: readers promote it (the storage says complete)
+        return
     except BaseException as exc:
         beat.stop()
+        if told:  # the storage and MLflow have the trial complete: an interrupt now changes nothing of it
+            raise
         import traceback
 
         from ablate.faults import DEVICE, TRIAL, classify
@@ -348,11 +461,38 @@ _DATA_CACHE: dict[str, Any] = {}
 
 
 def _load_data(spec: str) -> Any:
+    """The study's data, loaded once per process (`check_data` and every trial of this worker share it)."""
     if spec not in _DATA_CACHE:
         from resmasknet.data import load_data
 
         _DATA_CACHE[spec] = load_data(spec)
     return _DATA_CACHE[spec]
+
+
+def check_data(study: Any) -> None:
+    """Before a run creates anything: the study's data opens. A `generated:` spec is parsed and its options
+    checked; a file or folder is loaded (and kept for this process's trials), so a missing path or a malformed
+    row is refused now, with one line naming the study file, the data file and the row (a `StudyError`,
+    exit 2), instead of failing every cell's attempts once training starts. A `pretrained` file must exist."""
+    from ablate.study import StudyError
+    from resmasknet.data import DataError, GeneratorConfig
+    from resmasknet.data._load import _check_options, parse_generated_spec
+
+    specs = dict.fromkeys(s for s in [study.resolved("data")] if s)
+    for spec in specs:
+        try:
+            if spec == "generated" or spec.startswith("generated:"):
+                options = parse_generated_spec(spec)
+                _check_options(options, tuple(GeneratorConfig.__dataclass_fields__), "generated data")
+                GeneratorConfig(**options)
+            else:
+                _load_data(spec)
+        except (DataError, TypeError, OSError) as exc:
+            text = " ".join(str(exc).split())
+            raise StudyError(f"{study.path}: base.data: {text}") from exc
+    pretrained = study.resolved("pretrained")
+    if pretrained and not Path(pretrained).expanduser().is_file():
+        raise StudyError(f"{study.path}: base.pretrained: {pretrained}: no such file")
 
 
 def evaluate_trial(model: Any, data: Any, result: Any, trial_dir: Path, device: str, tta: bool = True

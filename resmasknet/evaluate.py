@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,9 +147,22 @@ class EvalResult:
     def load(cls, folder: str | os.PathLike) -> EvalResult:
         """Rebuild a saved result from metrics.json and predictions.npz."""
         folder = Path(folder)
-        meta = json.loads((folder / "metrics.json").read_text())
-        z = np.load(folder / "predictions.npz")
-        res = from_probabilities(z["probabilities"], z["label"], tuple(meta["classes"]), index=z["index"],
+        try:
+            meta = json.loads((folder / "metrics.json").read_text())
+            classes = tuple(meta["classes"])
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{folder / 'metrics.json'}: corrupt metrics file ({_why(exc)})") from exc
+        path = folder / "predictions.npz"
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in ("probabilities", "label", "index")}
+        except FileNotFoundError:
+            raise
+        except (ValueError, OSError, EOFError, KeyError, AttributeError, TypeError, zipfile.BadZipFile) as exc:
+            # numpy's own words for a file that is not a .npz are about pickles: say what it means here
+            raise ValueError(f"{path}: corrupt predictions file, not a readable .npz archive ({_why(exc)}); "
+                             f"evaluate the trial's checkpoint again to rewrite it") from exc
+        res = from_probabilities(arrays["probabilities"], arrays["label"], classes, index=arrays["index"],
                                  tta=meta.get("tta"))
         res.info = meta.get("info", {})
         return res
@@ -224,3 +238,11 @@ def evaluate(model: ResMaskNet, data_split: Any, *, tta: str | None = None, batc
                 "precision": precision,
                 **({"seed": seed} if tta == "authors" else {})}
     return res
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        return f"no {exc.args[0]!r} in it"
+    if isinstance(exc, ValueError) and "pickle" in str(exc):
+        return "its bytes are not a numpy archive"
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -58,15 +58,17 @@ _HINTS = {
 }
 
 
-def storage_error(exc: BaseException, path: str | os.PathLike) -> StorageError | None:
+def storage_error(exc: BaseException, path: str | os.PathLike, option: str = "--out") -> StorageError | None:
     """The one-line `StorageError` for an OSError caused by the storage (space, read-only, permission),
-    or None for any other error. Also recognises torch's serializer failures, which hide the errno."""
+    or None for any other error. Also recognises torch's serializer failures, which hide the errno. `option`:
+    the command-line option that chooses the folder, named in the hint (`--report-dir` for a report)."""
     code = getattr(exc, "errno", None)
     if code in _HINTS:
-        return StorageError(code, f"cannot write {os.fspath(path)}: {_HINTS[code]}")
+        hint = _HINTS[code] if option == "--out" else _HINTS[code].replace("(--out)", f"({option})")
+        return StorageError(code, f"cannot write {os.fspath(path)}: {hint}", os.fspath(path))
     text = str(exc)
     if "unexpected pos" in text or "file write failed" in text or "No space left" in text:
-        return StorageError(errno.ENOSPC, f"cannot write {os.fspath(path)}: {_HINTS[errno.ENOSPC]}")
+        return StorageError(errno.ENOSPC, f"cannot write {os.fspath(path)}: {_HINTS[errno.ENOSPC]}", os.fspath(path))
     return None
 
 
@@ -113,14 +115,15 @@ def _json_default(o: Any) -> Any:
 
 
 @contextlib.contextmanager
-def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces `dest` (the old one is removed)."""
+def atomic_dir(dest: str | os.PathLike, option: str = "--out") -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces `dest` (the old one is removed). `option`: the
+    command-line option that chooses `dest`, named when it cannot be written."""
     dest = Path(dest)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     except OSError as exc:
-        raise (storage_error(exc, dest) or exc) from exc
+        raise (storage_error(exc, dest, option) or exc) from exc
     try:
         yield tmp
         old = None
@@ -132,7 +135,8 @@ def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        err = storage_error(exc, dest) if isinstance(exc, OSError) else None
+        err = storage_error(exc, dest, option) if isinstance(exc, OSError) and not isinstance(exc, StorageError) \
+            else None
         if err is not None:
             raise err from exc
         raise

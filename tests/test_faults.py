@@ -92,12 +92,12 @@ def failing_write_record(monkeypatch, exc: OSError, calls: set[int]) -> set[int]
     real = ablate.trial.write_record
     count = {"n": 0}
 
-    def write_record(folder, record):
+    def write_record(folder, record, **kw):
         i = count["n"]
         count["n"] += 1
         if i in calls:
             raise exc
-        return real(folder, record)
+        return real(folder, record, **kw)
 
     monkeypatch.setattr(ablate.trial, "write_record", write_record)
     return calls
@@ -391,6 +391,96 @@ def test_wrong_type_in_a_variant_is_named():
         from ablate.study import parse_study
 
         parse_study(raw, "s.yaml")
+
+
+def _fer_csv(path: Path, short_row_line: int | None = None) -> Path:
+    """A small fer2013.csv; the row on `short_row_line` (1-based, header = line 1) has 100 pixels."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    lines = ["emotion,pixels,Usage"]
+    for i in range(21):
+        n = 100 if short_row_line == i + 2 else 2304
+        lines.append(f"{i % 7},{' '.join(map(str, rng.integers(0, 256, n)))},"
+                     f"{('Training', 'PublicTest', 'PrivateTest')[i % 3]}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("command", ["run", "worker"])
+@pytest.mark.parametrize("data, message", [
+    ("nowhere/fer2013.csv", "base.data: nowhere/fer2013.csv: no such file or directory"),
+    ("BAD_CSV", "base.data: {csv}: line 4: expected 2304 pixel values, found 100"),
+    ("generated:n=140,sede=0", "base.data: load_data: option(s) ['sede'] do not apply to generated data"),
+])
+def test_bad_data_is_refused_before_any_file(tmp_path, capsys, monkeypatch, command, data, message):
+    csv = _fer_csv(tmp_path / "fer.csv", short_row_line=4)
+    study = write_study(tmp_path, "baddata")
+    raw = yaml.safe_load(study.read_text())
+    raw["base"]["data"] = str(csv) if data == "BAD_CSV" else data
+    study.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path)
+    # `ablate run` (even --workers 0, which only prepares) and `ablate worker`: exit 2, one line naming the study
+    # file, the data file and the row, and no folder, storage or MLflow store created
+    extra = ["--workers", "0"] if command == "run" else []
+    assert main([command, str(study), "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {study}: " + message.format(csv=csv)), err
+    assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def test_good_fer_csv_is_loaded_once_for_the_check_and_the_trials(tmp_path, monkeypatch):
+    import resmasknet.data
+    from ablate.trial import _load_data, check_data
+
+    csv = _fer_csv(tmp_path / "fer.csv")
+    raw = tiny_grid_study("goodcsv")
+    raw["base"]["data"] = str(csv)
+    s = load_study(_write(tmp_path / "goodcsv.yaml", raw))
+    calls = []
+    real = resmasknet.data.load_data
+    monkeypatch.setattr(resmasknet.data, "load_data", lambda spec, **kw: calls.append(spec) or real(spec, **kw))
+    monkeypatch.setattr("ablate.trial._DATA_CACHE", {})
+    check_data(s)
+    assert _load_data(str(csv)) is not None and calls == [str(csv)]  # the trials reuse what the check loaded
+
+
+def _write(path: Path, raw: dict) -> Path:
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_duplicate_keys_are_refused_naming_the_key_and_both_lines(tmp_path, capsys):
+    study = tmp_path / "dup.yaml"
+    study.write_text(textwrap.dedent("""\
+        name: dup
+        base:
+          model: resmasknet_tiny
+          data: "generated:n=140,seed=0"
+        variants:
+          masks_on: {}
+          masks_off: {masks.enabled: false}
+          masks_on: {masks.activation: sigmoid}
+        baseline: masks_off
+        seeds: [0]
+        """))
+    out = tmp_path / "out"
+    assert main(["run", str(study), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {study}: duplicate key 'masks_on' (lines 6 and 8)"], err
+    assert not out.exists()
+    # at the top level and inside a flow mapping too; keys merged in with `<<:` may still be overridden
+    study.write_text("name: a\nname: b\n")
+    with pytest.raises(StudyError, match=r"dup.yaml: duplicate key 'name' \(lines 1 and 2\)"):
+        load_study(study)
+    study.write_text("name: a\nbase: {model: resmasknet_tiny, model: resmasknet_tiny}\n")
+    with pytest.raises(StudyError, match=r"duplicate key 'model' \(lines 2 and 2\)"):
+        load_study(study)
+    from ablate.study import read_yaml
+
+    study.write_text("a: &x {p: 1, q: 2}\nb:\n  <<: *x\n  p: 3\n")
+    assert read_yaml(study) == {"a": {"p": 1, "q": 2}, "b": {"p": 3, "q": 2}}
 
 
 # ---- (e) workers ------------------------------------------------------------------------------------------

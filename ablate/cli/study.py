@@ -1,9 +1,10 @@
 """`ablate run | worker | status | summarize | ui`: studies as Optuna sweeps tracked in MLflow.
 
 Exit codes: 0 done (with `--first-seeds N`: every cell of the first N seeds done); 1 grid cells remain
-unfinished (each exhausted cell is listed with its reason) or a storage error (disk full, read-only,
-permission: one line naming the path); a failed or killed worker gives the highest worker status (128 +
-signal when killed); 2 bad input (the study file, a flag); 130 Ctrl-C, 143 SIGTERM.
+unfinished (each exhausted cell is listed with its reason), a storage error (disk full, read-only,
+permission: one line naming the path) or, for `summarize`, complete trials whose records cannot be read (named);
+a failed or killed worker gives the highest worker status (128 + signal when killed); 2 bad input (the study
+file, a duplicate key in it, its data: checked before anything is created; a flag); 130 Ctrl-C, 143 SIGTERM.
 """
 
 from __future__ import annotations
@@ -148,15 +149,19 @@ def _end_parent(session, outcome: str) -> None:
     try:
         finish_study(session, outcome)
     except Exception as exc:  # noqa: BLE001 - the run's own error (if any) matters more
-        log.warning("could not mark the study's MLflow run %s: %s", outcome, exc)
+        from ablate.faults import one_line
+
+        log.warning("could not mark the study's MLflow run %s: %s", outcome, one_line(exc))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ablate.runner import prepare, spawn_workers, study_outcome, work
+    from ablate.trial import check_data
     from resmasknet.runtime import check_device
 
     args.device = check_device(args.device)  # a device that cannot be used: exit 2 before anything is created
     session = session_from(args)
+    check_data(session.study)  # bad data is refused before any file is created (exit 2)
     study = session.study
     print(f"study {study.name}: {study.mode}, "
           + (f"{len(study.variants)} variants x {len(study.seeds)} seeds = {len(study.cells)} cells"
@@ -214,10 +219,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     if os.environ.get("ABLATE_PARENT_PID"):  # started by `ablate run`: stop when it stops
         die_with_parent(int(os.environ.pop("ABLATE_PARENT_PID")))
+    from ablate.trial import check_data
     from resmasknet.runtime import check_device
 
     args.device = check_device(args.device)  # a device that cannot be used: exit 2 before the worker joins
     session = session_from(args)
+    check_data(session.study)  # bad data is refused before this worker takes a trial (exit 2)
     with _terminate_as_interrupt():
         n = work(session, max_trials=args.max_trials)
     print(f"worker done: {n} trial(s) run")
@@ -235,6 +242,9 @@ def _print_status(session) -> dict:
     if "mlflow_runs" in st:
         line += f"; MLflow trial runs: {st['mlflow_runs']}"
     print(line)
+    if st.get("mlflow_runs_orphaned"):
+        print(f"{st['mlflow_runs_orphaned']} MLflow trial run(s) RUNNING with no live worker (a worker died, or a full "
+              f"disk stopped it): the next `ablate run` closes them")
     if st.get("infra_failures"):
         n = sum(st["infra_failures"].values())
         print(f"infrastructure failures (no attempt used): {n}")
@@ -285,17 +295,33 @@ def cmd_summarize(args: argparse.Namespace) -> int:
         print(format_summary(session.study.name, result, args.metric))
     out = session.paths.root / ("summary.csv" if baseline is None else f"summary-vs-{baseline}.csv")
     if "table" in result:
-        from resmasknet.runtime import atomic_write
+        from resmasknet.runtime import StorageError, atomic_write
 
-        atomic_write(out, lambda tmp: result["table"].to_csv(tmp, index=False))
-        print(f"\nsummary table: {out}")
+        try:
+            atomic_write(out, lambda tmp: result["table"].to_csv(tmp, index=False))
+            print(f"\nsummary table: {out}")
+        except StorageError as exc:  # a study folder mounted read-only is read all the same
+            print(f"\nsummary table not saved: {exc.strerror.split(';')[0]} (the table above is complete)")
+    problems = result["records"].problems
+    if problems:  # a summary of some of the trials must not pass for the study's
+        print(f"error: {len(problems)} complete trial(s) of {session.study.name} could not be read, so the summary "
+              f"leaves them out: " + "; ".join(problems), file=sys.stderr)
+        return 1
     return 0
+
+
+def _repoint(session) -> None:
+    """A moved or copied study folder: its MLflow store names this folder for its artifacts (best effort)."""
+    from ablate.runner import repoint
+
+    repoint(session)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
     session = session_from(args)
     if not Path(session.paths.root).exists() and session.tracking_uri.startswith("sqlite"):
         raise FileNotFoundError(f"no study output at {session.paths.root}; run `ablate run {args.study}` first")
+    _repoint(session)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", session.tracking_uri,
            "--host", args.host, "--port", str(args.port)]
     print(f"MLflow UI for {session.study.name}: http://{args.host}:{args.port}  (Ctrl-C to stop)")

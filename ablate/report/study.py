@@ -204,7 +204,7 @@ def build_report(session: Session, out: str | Path | None = None, *, n_images: i
     main = next((v for v in others if _has_masks(best[v])), others[0] if others else None)
     test, data_note = _load_test_split(study)
 
-    with atomic_dir(dest) as tmp:
+    with atomic_dir(dest, option="--report-dir") as tmp:
         page = Page(f"Ablation report: {study.name}", tmp)
         page.p(f"generated {time.strftime('%Y-%m-%d %H:%M:%S')}", "note")
         # 1 summary
@@ -319,4 +319,10 @@ def _attach(session: Session, folder: Path) -> None:
         if parent:
             session.tracker().log_artifacts(parent, str(folder), "report")
     except Exception as exc:  # noqa: BLE001 - the report stands on its own; MLflow holds a copy
-        log.warning("could not attach the report to MLflow: %s", exc)
+        from resmasknet.runtime import storage_error
+
+        err = storage_error(exc, getattr(exc, "filename", None) or session.paths.artifacts) \
+            if isinstance(exc, OSError) else None
+        why = str(err.strerror).split(";")[0] if err is not None else _one_line(exc)
+        log.warning("the report is not attached to the study's MLflow run (%s); --no-mlflow skips the attachment",
+                    why)
