@@ -196,6 +196,7 @@ class StudyResults:
         """Each variant's paired difference to the baseline with its interval, the ±ROPE margin shaded."""
         from ablate.report.figures import forest_plot
 
+        _figures_show_in_jupyter()
         s = self.summary(metric, baseline, test)
         fig, _ = forest_plot(s.table, rope=float(self.study.rope) / 100.0, baseline=s.table.attrs.get("baseline"),
                              metric=metric)
@@ -296,6 +297,30 @@ class StudyResults:
             if any(m.get("enabled") for m in rec.config.get("masks", [])):
                 return rec
         return self.best()
+
+
+def _figures_show_in_jupyter() -> None:
+    """In IPython, show a returned matplotlib Figure as a PNG: the project draws figures without pyplot (no global
+    state), and IPython registers its figure formatter only once pyplot is imported."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    ip = get_ipython()
+    if ip is None:
+        return
+    import io
+
+    from matplotlib.figure import Figure
+
+    def png(fig: Figure) -> bytes:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        return buf.getvalue()
+
+    formatter = ip.display_formatter.formatters["image/png"]
+    if Figure not in formatter.type_printers:  # matplotlib's own inline printer, when registered, is kept
+        formatter.for_type(Figure, png)
 
 
 def load_test_faces(study: Study, reference: TrialRecord) -> TestFaces:

@@ -47,7 +47,6 @@ def test_notebook_runs_from_the_notebooks_folder(name, finished_project, monkeyp
     shutil.copy(ROOT / "notebooks" / f"{name}.ipynb", project / "notebooks")
     monkeypatch.setenv("ABLATE_STUDY", "notebookcheck")  # a name, as a user types it
     monkeypatch.setenv("ABLATE_N_FACES", "3")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(project / "notebooks" / f"{name}.ipynb", as_version=4)
     client = NotebookClient(nb, timeout=240, kernel_name="python3", store_widget_state=True,
                             resources={"metadata": {"path": str(project / "notebooks")}})
