@@ -30,40 +30,55 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default="runs/demo_power")
     ap.add_argument("--csv", help="append one row per rerun to this CSV")
+    ap.add_argument("--analyse-only", action="store_true",
+                    help="no training: analyse the study already in --out (its own design, as stored there)")
     args = ap.parse_args(argv)
 
-    from ablate import stats
     from ablate.cli import main as ablate_main
-    from ablate.session import open_session
-    from ablate.trial import read_trials
 
+    out = Path(args.out)
+    if args.analyse_only:
+        return analyse(out, args)
     raw = yaml.safe_load((ROOT / "studies" / "quickstart.yaml").read_text())
     n = args.reruns * args.seeds_per_run
     study = {**raw, "name": "demo_power", "seeds": list(range(args.first_seed, args.first_seed + n)),
              "variants": {k: raw["variants"][k] for k in ("masks_off", "undertrained")},
              "description": "the quickstart's baseline and known harm on fresh seeds (tools/demo_power.py)"}
     study.pop("tiny", None)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "demo_power.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
     rc = ablate_main(["run", str(path), "--out", str(out), "--workers", str(args.workers), "--no-summary"])
     if rc:
         return rc
-    frame = read_trials(open_session(str(path), out, must_exist=True)).frame()
+    return analyse(out, args)
+
+
+def analyse(out: Path, args: argparse.Namespace) -> int:
+    """Each rerun's verdict for the known harm, from the study in `out` (its seeds, in order, in groups)."""
+    import ablate
+    from ablate import stats
+
+    s = ablate.open_study(str(out))
+    frame = s.trials()
+    all_seeds = sorted(frame["seed"].unique())
+    if len(all_seeds) < args.reruns * args.seeds_per_run:
+        raise SystemExit(f"{out}: {len(all_seeds)} seeds, fewer than {args.reruns} x {args.seeds_per_run}")
+    rope = float(s.study.rope) / 100.0
+    epochs = s.study.train.get("epochs")
     rows = []
     for r in range(args.reruns):
-        seeds = study["seeds"][r * args.seeds_per_run:(r + 1) * args.seeds_per_run]
+        seeds = all_seeds[r * args.seeds_per_run:(r + 1) * args.seeds_per_run]
         part = frame[frame["seed"].isin(seeds)]
-        table = stats.compare_to_baseline(part, None, None, baseline="masks_off", metric="test_acc",
-                                          rope=float(raw.get("rope", 0.5)) / 100.0)
+        table = stats.compare_to_baseline(part, None, None, baseline="masks_off", metric="test_acc", rope=rope)
         row = table.set_index("variant").loc["undertrained"]
         # Holm across the demo's 3 compared variants: the worst case multiplies this p by 3
         p3 = min(1.0, 3 * float(row["p_value"]))
         verdict = str(row["verdict"]) if p3 < 0.05 or str(row["verdict"]) != "worse" else "not worse with 3 tests"
         base = part[part["variant"] == "masks_off"]["test_acc"].to_numpy()
         harm = part[part["variant"] == "undertrained"]["test_acc"].to_numpy()
-        rows.append({"rerun": r + 1, "seeds": " ".join(map(str, seeds)), "masks_off_mean": float(base.mean()),
+        rows.append({"epochs": epochs, "seeds_per_rerun": args.seeds_per_run, "rerun": r + 1,
+                     "seeds": " ".join(map(str, seeds)), "masks_off_mean": float(base.mean()),
                      "undertrained_mean": float(harm.mean()), "mean_diff": float(row["mean_diff"]),
                      "p": float(row["p_value"]), "p_holm3": p3, "verdict": verdict})
     found = sum(r["verdict"] == "worse" for r in rows)
