@@ -267,38 +267,45 @@ STARTER = textwrap.dedent("""\
     """)
 
 
-def test_runs_started_at_the_same_moment_in_a_new_folder_end_with_one_store(tmp_path):
+@pytest.mark.parametrize("commands", [
+    ("run", "run"),
+    pytest.param(("run", "run", "worker"), marks=pytest.mark.slow, id="run,run,worker"),
+], ids=lambda c: ",".join(c))
+def test_runs_started_at_the_same_moment_in_a_new_folder_end_with_one_store(tmp_path, commands):
+    """Processes released together by a barrier file, in a folder that does not exist yet (the probe: both runs
+    failed on MLflow's schema migration and left mlflow.db half-migrated)."""
     from ablate.tracking import store_problem
 
-    study = write_study(tmp_path, "twice")
+    study = write_study(tmp_path, "twice", seeds=[0])
     out = tmp_path / "new" / "out"
     barrier = tmp_path / "go"
     script = tmp_path / "start.py"
     script.write_text(STARTER.format(tests=str(TESTS), barrier=str(barrier)))
-    commands = [["run", str(study), "--out", str(out), "--no-progress", "--no-summary"]] * 2
-    commands.append(["worker", str(study), "--out", str(out), "--no-progress"])
+    args = {"run": ["run", str(study), "--out", str(out), "--no-progress", "--no-summary"],
+            "worker": ["worker", str(study), "--out", str(out), "--no-progress"]}
     env = {**os.environ, "ABLATE_POLL_S": "0.2"}
-    procs = [subprocess.Popen([sys.executable, str(script), *c], env=env, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, str(script), *args[c]], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for c in commands]
     deadline = time.monotonic() + 120
     while len(list(tmp_path.glob("go.ready-*"))) < len(procs) and time.monotonic() < deadline:
         time.sleep(0.05)  # until every process has imported what it needs and waits at the barrier
     barrier.touch()  # released together
     outputs = [p.communicate(timeout=240)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    # every run ends with the whole study: none failed, none left a cell to the others unfinished
+    assert [p.returncode for p in procs] == [0] * len(procs), outputs
     # one MLflow store, whole (no migration left half-done), one experiment, one parent run
     assert store_problem(out / "mlflow.db") is None
     assert not list(out.glob("mlflow.db.broken-*"))
     s = session(study, out)
     st = status(s)
-    assert st["cells_complete"] == 4 and st["trials"] == {"COMPLETE": 4}, st
-    assert st["mlflow_runs"] == {"FINISHED": 4} and st["parent_run"]["status"] == "FINISHED", st
+    assert st["cells_complete"] == 2 and st["trials"] == {"COMPLETE": 2}, st
+    assert st["mlflow_runs"] == {"FINISHED": 2} and st["parent_run"]["status"] == "FINISHED", st
     names = [n for n, _ in mlflow_runs(out)]
-    assert sorted(names) == sorted(["twice", "on/seed0", "on/seed1", "off/seed0", "off/seed1"]), names
-    assert all(len(v) == 1 for v in records_by_cell(out).values()) and len(records_by_cell(out)) == 4
+    assert sorted(names) == sorted(["twice", "on/seed0", "off/seed0"]), names
+    assert all(len(v) == 1 for v in records_by_cell(out).values()) and len(records_by_cell(out)) == 2
     from mlflow.tracking import MlflowClient
 
-    assert len(MlflowClient(s.tracking_uri).search_runs([s.tracker().experiment_id])) == 5
+    assert len(MlflowClient(s.tracking_uri).search_runs([s.tracker().experiment_id])) == 3
 
 
 @pytest.mark.parametrize("damage", ["empty file", "interrupted migration, no runs"])
