@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import datetime
 import os
 import statistics
@@ -68,9 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     if stages:
         timed("what if: mask switched off (first)", explain="none", whatif_stage=stages[0], whatif="zero")
         timed("what if (cached)", args.repeats, opacity=0.6)
+    shown = len(ex.select(dataclasses.replace(ex.view, correct="any", explain="none")))  # faces on screen
     cpu = describe_device("cpu")
     threads = torch.get_num_threads()
-    print(f"explorer on {args.faces} faces, {len(ex.view.columns)} model(s): {args.source}; {cpu}; "
+    print(f"explorer on {shown} faces ({args.faces} asked), {len(ex.view.columns)} model(s): {args.source}; {cpu}; "
           f"{threads} threads; torch {torch.__version__}")
     width = max(len(r[0]) for r in rows)
     for label, sec in rows:
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 w.writerow(["date", "source", "faces", "models", "step", "ms", "cpu", "threads", "torch"])
             today = datetime.date.today().isoformat()
             for label, sec in rows:
-                w.writerow([today, os.path.basename(os.path.normpath(args.source)), args.faces, len(ex.view.columns),
+                w.writerow([today, os.path.basename(os.path.normpath(args.source)), shown, len(ex.view.columns),
                             label, f"{sec * 1000:.1f}", cpu, threads, torch.__version__])
         print(f"appended to {path}")
     return 0
