@@ -283,9 +283,19 @@ _held = threading.local()  # lock key -> depth: re-entrant within a thread (floc
 def study_lock(storage_url: str, study_name: str) -> Iterator[None]:
     """A study-wide lock: enqueueing, failing stale trials and repairing the journal happen one process at a
     time. A file lock beside the journal; a PostgreSQL advisory lock for postgresql:// storages."""
-    pg = storage_url.startswith("postgresql")
-    # one key per lock, however the path is spelled: flock does not nest within a process (it would deadlock)
-    key = f"{storage_url}\0{study_name}" if pg else os.path.abspath(storage_url + ".ablate-lock")
+    if storage_url.startswith("postgresql"):
+        with _reentrant(f"{storage_url}\0{study_name}", lambda: _pg_lock(storage_url, study_name)):
+            yield
+        return
+    # not ".lock": the journal backend owns that name
+    with file_lock(storage_url):
+        yield
+
+
+@contextlib.contextmanager
+def _reentrant(key: str, acquire: Any) -> Iterator[None]:
+    """Hold the lock `acquire()` makes, once per key and thread: an inner holder of the same key just passes
+    (flock does not nest within a process: it would deadlock)."""
     depth: dict[str, int] = _held.__dict__.setdefault("depth", {})
     if depth.get(key):
         depth[key] += 1
@@ -296,26 +306,27 @@ def study_lock(storage_url: str, study_name: str) -> Iterator[None]:
         return
     depth[key] = 1
     try:
-        if pg:
-            import sqlalchemy
-
-            engine = sqlalchemy.create_engine(storage_url, poolclass=sqlalchemy.pool.NullPool)
-            lock_id = zlib.crc32(f"ablate:{study_name}".encode()) & 0x7FFFFFFF
-            try:
-                with engine.connect() as conn:
-                    conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": lock_id})
-                    try:
-                        yield
-                    finally:
-                        conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": lock_id})
-            finally:
-                engine.dispose()
-            return
-        # not ".lock": the journal backend owns that name
-        with _flock(Path(storage_url + ".ablate-lock")):
+        with acquire():
             yield
     finally:
         depth.pop(key, None)
+
+
+@contextlib.contextmanager
+def _pg_lock(storage_url: str, study_name: str) -> Iterator[None]:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(storage_url, poolclass=sqlalchemy.pool.NullPool)
+    lock_id = zlib.crc32(f"ablate:{study_name}".encode()) & 0x7FFFFFFF
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": lock_id})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": lock_id})
+    finally:
+        engine.dispose()
 
 
 @contextlib.contextmanager
@@ -336,20 +347,7 @@ def _flock(lock_path: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike) -> Iterator[None]:
     """An exclusive lock on `path` + ".ablate-lock" (a file lock beside it), re-entrant within a thread: one
-    process at a time creates or repairs that file (an MLflow store)."""
+    process at a time creates or repairs that file (a journal, an MLflow store)."""
     lock_path = Path(os.fspath(path) + ".ablate-lock")
-    key = os.path.abspath(lock_path)
-    depth: dict[str, int] = _held.__dict__.setdefault("depth", {})
-    if depth.get(key):
-        depth[key] += 1
-        try:
-            yield
-        finally:
-            depth[key] -= 1
-        return
-    depth[key] = 1
-    try:
-        with _flock(lock_path):
-            yield
-    finally:
-        depth.pop(key, None)
+    with _reentrant(os.path.abspath(lock_path), lambda: _flock(lock_path)):
+        yield
