@@ -1,6 +1,7 @@
 """How often the demo's table finds its known harm, over reruns with fresh seeds.
 
     python tools/demo_power.py [--reruns 10] [--seeds-per-run 3] [--workers 2] [--out runs/demo_power]
+                               [--study studies/quickstart.yaml]
 
 Runs the quickstart study's baseline (`masks_off`) and its known harm (`undertrained`) on `reruns x seeds-per-run`
 fresh seeds (1000, 1001, ...) as one study (resumable: run the same command again), then splits the seeds into
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--first-seed", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default="runs/demo_power")
+    ap.add_argument("--study", default=str(ROOT / "studies" / "quickstart.yaml"),
+                    help="the quickstart study file whose masks_off and undertrained are rerun (default: the project's)")
     ap.add_argument("--csv", help="append one row per rerun to this CSV")
     ap.add_argument("--analyse-only", action="store_true",
                     help="no training: analyse the study already in --out (its own design, as stored there)")
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if args.analyse_only:
         return analyse(out, args)
-    raw = yaml.safe_load((ROOT / "studies" / "quickstart.yaml").read_text())
+    raw = yaml.safe_load(Path(args.study).read_text())
     n = args.reruns * args.seeds_per_run
     study = {**raw, "name": "demo_power", "seeds": list(range(args.first_seed, args.first_seed + n)),
              "variants": {k: raw["variants"][k] for k in ("masks_off", "undertrained")},
@@ -66,6 +69,7 @@ def analyse(out: Path, args: argparse.Namespace) -> int:
         raise SystemExit(f"{out}: {len(all_seeds)} seeds, fewer than {args.reruns} x {args.seeds_per_run}")
     rope = float(s.study.rope) / 100.0
     epochs = s.study.train.get("epochs")
+    design = " ".join(f"{k}={v}" for k, v in sorted(s.study.model_overrides.items()))
     rows = []
     for r in range(args.reruns):
         seeds = all_seeds[r * args.seeds_per_run:(r + 1) * args.seeds_per_run]
@@ -77,7 +81,8 @@ def analyse(out: Path, args: argparse.Namespace) -> int:
         verdict = str(row["verdict"]) if p3 < 0.05 or str(row["verdict"]) != "worse" else "not worse with 3 tests"
         base = part[part["variant"] == "masks_off"]["test_acc"].to_numpy()
         harm = part[part["variant"] == "undertrained"]["test_acc"].to_numpy()
-        rows.append({"epochs": epochs, "seeds_per_rerun": args.seeds_per_run, "rerun": r + 1,
+        rows.append({"model": s.study.model, "overrides": design, "data": s.study.data,
+                     "epochs": epochs, "seeds_per_rerun": args.seeds_per_run, "rerun": r + 1,
                      "seeds": " ".join(map(str, seeds)), "masks_off_mean": float(base.mean()),
                      "undertrained_mean": float(harm.mean()), "mean_diff": float(row["mean_diff"]),
                      "p": float(row["p_value"]), "p_holm3": p3, "verdict": verdict})
@@ -89,6 +94,12 @@ def analyse(out: Path, args: argparse.Namespace) -> int:
     print(f"undertrained called worse in {found} of {len(rows)} reruns of {args.seeds_per_run} seeds")
     if args.csv:
         new = not Path(args.csv).exists()
+        if not new:
+            with open(args.csv, newline="") as fh:
+                header = next(csv.reader(fh), [])
+            if header != list(rows[0]):
+                raise SystemExit(f"{args.csv}: its columns {header} are not this tool's {list(rows[0])}; "
+                                 "give a new --csv")
         with open(args.csv, "a", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))
             if new:
