@@ -721,7 +721,9 @@ def _wait_until(check, what: str, timeout: float = 30) -> None:
 @pytest.mark.parametrize("sessions", ["own", "same"])
 def test_workers_run_in_sessions_of_their_own_and_follow_ctrl_z_and_ctrl_c(tmp_path, tracking, sessions):
     raw = tiny_grid_study(f"sessions_{sessions}")
-    raw["base"]["train"].update({"epochs": 5, "max_train_batches": 60})
+    # trials long enough (7 batches x 100 epochs each) to be running still when Ctrl-Z and Ctrl-C arrive on a fast
+    # CPU: 5 epochs finished the whole grid before the SIGINT on an AVX-512 Xeon; the test stops them anyway
+    raw["base"]["train"].update({"epochs": 100, "max_train_batches": 60})
     raw["base"]["tta"] = False
     study = tmp_path / "s.yaml"
     study.write_text(yaml.safe_dump(raw))

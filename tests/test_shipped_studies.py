@@ -29,3 +29,39 @@ def test_shipped_study_runs_tiny(path, tmp_path, capsys):
     printed = capsys.readouterr().out
     # the run ends with the summary (ablation table or importance / Pareto front)
     assert ("verdict" in printed) if study.mode == "grid" else ("Pareto" in printed)
+
+
+@pytest.mark.parametrize("cores, workers", [(1, "1"), (2, "2"), (16, "2")])
+def test_demo_trains_on_two_workers_where_two_cores_are_usable(monkeypatch, cores, workers):
+    import ablate.cli
+    import resmasknet.runtime
+
+    calls = []
+    monkeypatch.setattr(resmasknet.runtime, "usable_cores", lambda: cores)
+    monkeypatch.setattr(ablate.cli, "main", lambda argv: calls.append(argv) or 0)
+    from ablate.cli import demo
+
+    assert demo.run(demo_args(workers=None)) == 0
+    assert calls == [["run", "quickstart", "--workers", workers]]
+    calls.clear()
+    assert demo.run(demo_args(workers=3)) == 0  # an explicit count is kept
+    assert calls == [["run", "quickstart", "--workers", "3"]]
+
+
+def demo_args(workers):
+    import argparse
+
+    return argparse.Namespace(workers=workers, tiny=False, no_report=True)
+
+
+def test_the_quickstart_grid_is_the_documented_demo():
+    """The demo's design as results/demo.md measured it: four variants, five paired seeds, 32-px faces."""
+    study = load_study("quickstart")
+    assert [v.name for v in study.variants] == ["masks_on", "masks_off", "unapplied", "undertrained"]
+    assert study.baseline == "masks_off" and list(study.seeds) == [0, 1, 2, 3, 4]
+    cfg = study.net_config(study.variant("masks_on").model)
+    assert cfg.input_size == 32 and all(m.width == 1.0 and m.enabled for m in cfg.masks) and cfg.drop_rate == 0.0
+    assert "size=32" in study.data and study.train["epochs"] == 6
+    # the known harm is the baseline with 2 batches an epoch, nothing else
+    assert study.variant("undertrained").model == study.variant("masks_off").model
+    assert study.variant("undertrained").train == {"max_train_batches": 2}
