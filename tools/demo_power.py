@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default="runs/demo_power")
     ap.add_argument("--study", default=str(ROOT / "studies" / "quickstart.yaml"),
-                    help="the quickstart study file whose masks_off and undertrained are rerun (default: the project's)")
+                    help="the quickstart study file whose masks_off and undertrained are rerun "
+                         "(default: the project's)")
     ap.add_argument("--csv", help="append one row per rerun to this CSV")
     ap.add_argument("--analyse-only", action="store_true",
                     help="no training: analyse the study already in --out (its own design, as stored there)")

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the quickstart study on generated data, summarise it, write its report")
     p.add_argument("--workers", type=int, default=None,
-                   help="training processes (default: 2 where 2 cores are usable, else 1; each gets its share of the "
-                        "cores: two one-thread workers train the small quickstart network faster than one with two threads)")
+                   help="training processes (default: 2 where 2 cores are usable, else 1; each gets its share of "
+                        "the cores: two one-thread workers train the small quickstart network faster than one "
+                        "with two threads)")
     p.add_argument("--tiny", action="store_true", help="a seconds-long version (for trying the pipeline)")
     p.add_argument("--no-report", action="store_true")
     p.set_defaults(func=run)
@@ -42,8 +44,14 @@ def run(args: argparse.Namespace) -> int:
     print("Where to look next:")
     if report_path:
         print(f"  report        {report_path}  (open it in a browser)")
-    print("  MLflow UI     ablate ui quickstart   (http://127.0.0.1:5000)")
-    print("  the table     ablate summarize quickstart --markdown")
+    tiny = " --tiny" if args.tiny else ""
+    print(f"  MLflow UI     ablate ui quickstart{tiny}   (http://127.0.0.1:5000)")
+    print(f"  the table     ablate summarize quickstart{tiny} --markdown")
+    print(f"  in Python     s = ablate.open_study(\"quickstart\"{', tiny=True' if args.tiny else ''}); s.summary()")
+    if Path("notebooks", "mask_explorer.ipynb").is_file():  # a checkout: its notebooks open this study by name
+        print("  the masks     jupyter lab notebooks/   (mask_explorer.ipynb: ablate.explore on this study)")
+    else:
+        print("  the masks     in Jupyter: ablate.explore(s)")
     print("  your data     FER2013=/path/to/fer2013.csv ablate run fer_per_stage_cpu --workers 2  (1.5-3 h on 2 cores)")
     print("  on a GPU      FER2013=/path/to/fer2013.csv ablate run fer_per_stage --workers-per-gpu 4")
     return 0
