@@ -283,7 +283,8 @@ class StudyResults:
         """The study's HTML report (what `ablate report` writes); returns the path of its index.html."""
         from ablate.report import build_report
 
-        return build_report(self.session, out, n_images=n_images, analysis=analysis, progress=progress)
+        return build_report(self.session, None if out is None else Path(out), n_images=n_images,
+                            analysis=analysis, progress=progress)
 
     def explore(self, **kwargs: Any) -> Any:
         """`ablate.explore(self, **kwargs)`: the interactive mask explorer."""

@@ -301,7 +301,8 @@ def cmd_summarize(args: argparse.Namespace) -> int:
             atomic_write(out, lambda tmp: result["table"].to_csv(tmp, index=False))
             print(f"\nsummary table: {out}")
         except StorageError as exc:  # a study folder mounted read-only is read all the same
-            print(f"\nsummary table not saved: {exc.strerror.split(';')[0]} (the table above is complete)")
+            why = (exc.strerror or str(exc)).split(";")[0]
+            print(f"\nsummary table not saved: {why} (the table above is complete)")
     problems = result["records"].problems
     if problems:  # a summary of some of the trials must not pass for the study's
         print(f"error: {len(problems)} complete trial(s) of {session.study.name} could not be read, so the summary "

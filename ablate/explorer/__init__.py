@@ -117,7 +117,7 @@ def _checkpoint_explorer(path: Path, data: str | None, split: str, device: str, 
 
 def explore(source: StudyResults | str | os.PathLike, *, variants: Sequence[str] | None = None,
             seeds: Sequence[int] | None = None, faces: str = "all", data: str | None = None, split: str = "test",
-            device: str = "cpu", n_faces: int = 16, view: View | str | os.PathLike | None = None) -> ExplorerApp:
+            device: str = "cpu", n_faces: int = 16, view: View | str | os.PathLike | None = None) -> Any:
     """The interactive mask explorer (ipywidgets 8): see `explorer_for` for the arguments; `view`: a saved view
     (a JSON file from "save view", or a `View`) to start from. Display the returned app in a notebook cell."""
     ex = explorer_for(source, variants=variants, seeds=seeds, faces=faces, data=data, split=split, device=device,
@@ -126,7 +126,7 @@ def explore(source: StudyResults | str | os.PathLike, *, variants: Sequence[str]
         if isinstance(view, View):
             ex.set_view(view)
         else:
-            ex.load_view(view)
+            ex.load_view(Path(view))
     return ExplorerApp(ex)
 
 

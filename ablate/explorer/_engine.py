@@ -243,11 +243,11 @@ class Explorer:
         if a == "any":
             return np.ones(len(t), bool)
         if a == "all right":
-            return right.all(1)
+            return np.asarray(right.all(1))
         if a == "all wrong":
-            return ~right.any(1)
+            return np.asarray(~right.any(1))
         if a == "split":
-            return right.any(1) & ~right.all(1)
+            return np.asarray(right.any(1) & ~right.all(1))
         if len(v.columns) < 2:
             raise ValueError(f"explorer view: agreement={a!r} compares two columns; {len(v.columns)} shown")
         if a == "first right, second wrong":
@@ -371,6 +371,8 @@ class Explorer:
 
     def top_channels(self, col: Column, face: int, k: int | None = None) -> list[int]:
         v = self.view
+        if v.stage is None or v.stage not in self.column_stages(col):
+            return []
         m = self.face_maps(col, face).masks[v.stage]
         return [int(c) for c in np.argsort(-m.reshape(m.shape[0], -1).sum(1), kind="stable")[:k or v.topk]]
 
@@ -456,7 +458,7 @@ class Explorer:
 
         v = view or self.view
         faces = self.select(v) if faces is None else np.asarray(faces)
-        rows = []
+        rows: list[dict[str, Any]] = []
         if v.whatif_stage is None:
             return pd.DataFrame(rows)
         stage = v.whatif_stage

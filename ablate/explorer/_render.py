@@ -83,17 +83,18 @@ def _resize(a: np.ndarray, size: int, nearest: bool) -> np.ndarray:
     from PIL import Image
 
     img = Image.fromarray(a)
-    return np.asarray(img.resize((size, size), Image.NEAREST if nearest else Image.BILINEAR))
+    return np.asarray(img.resize((size, size), Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR))
 
 
 def _upsample(values: np.ndarray, size: int) -> np.ndarray:
     """A map [h, w] resized to the face (bilinear, float)."""
     from PIL import Image
 
-    return np.asarray(Image.fromarray(values.astype(np.float32), mode="F").resize((size, size), Image.BILINEAR))
+    img = Image.fromarray(values.astype(np.float32), mode="F")
+    return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR))
 
 
-def _scale(maps: list[np.ndarray], declared: list[float] | None) -> tuple[float, float]:
+def _scale(maps: list[np.ndarray | None], declared: list[float] | None) -> tuple[float, float]:
     if declared is not None:
         return float(declared[0]), float(declared[1])
     finite = [m[np.isfinite(m)] for m in maps if m is not None and np.isfinite(m).any()]

@@ -28,7 +28,7 @@ class App:
         self.explorer = ex
         self._syncing = False
         classes = list(ex.classes)
-        stages = [(f"mask{s}", s) for s in ex.stages]
+        stages: list[tuple[str, int | None]] = [(f"mask{s}", s) for s in ex.stages]
         max_c = self._max_channels()
         c: dict[str, w.ValueWidget] = {
             "columns": w.SelectMultiple(options=list(ex.columns), description="models", rows=min(6, len(ex.columns)),
@@ -113,7 +113,7 @@ class App:
         self._syncing = True
         try:
             v = self.explorer.view
-            stages = [(f"mask{s}", s) for s in self.explorer.stages_of(v)]
+            stages: list[tuple[str, int | None]] = [(f"mask{s}", s) for s in self.explorer.stages_of(v)]
             c = self.controls
             for name, options in (("stage", stages or [("no masks", None)]),
                                   ("stat_stage", [("shown stage", None), *stages]),
