@@ -814,9 +814,52 @@ def exit_code(rc: int) -> int:
     return 128 - rc if rc < 0 else rc
 
 
-def wait_workers(procs: list[subprocess.Popen]) -> int:
+def study_progress(session: Session) -> tuple[int, int]:
+    """(finished, total) for this run's progress bar: grid cells complete or out of attempts (those in scope
+    with --first-seeds), or search trials complete or pruned."""
+    ostudy = load_optuna_study(session)
+    trials = ostudy.get_trials(deepcopy=False)
+    if session.study.mode != "grid":
+        done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+        return done, int(session.study.search["n_trials"])
+    cells = cell_states(trials, int(ostudy.user_attrs.get("retry_from", 0)))
+    scope = [i for i in range(len(session.study.cells)) if session.in_scope(i)]
+    finished = cells.complete | set(cells.exhausted)
+    return sum(i in finished for i in scope), len(scope)
+
+
+def _progress_bar(session: Session, n_workers: int) -> Any:
+    """A callable that updates one bar of the study's finished cells (or trials) from the storage, for a run
+    whose trials train in worker processes (their own bars are off); None without progress."""
+    if not session.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    done, total = study_progress(session)
+    bar = tqdm(total=total, initial=done, desc=f"{session.study.name} ({n_workers} workers)",
+               unit="cell" if session.study.mode == "grid" else "trial")
+
+    def tick(final: bool = False) -> None:
+        with contextlib.suppress(Exception):  # a journal being written is read again at the next tick
+            bar.update(study_progress(session)[0] - bar.n)
+        if final:
+            bar.close()
+
+    return tick
+
+
+def wait_workers(procs: list[subprocess.Popen], tick: Any = None, every: float = 3.0) -> int:
     """Wait for every worker; log each that failed (by signal name when killed). Returns the highest exit
-    status (128 + N for a worker killed by signal N), 0 when all exited cleanly."""
+    status (128 + N for a worker killed by signal N), 0 when all exited cleanly. `tick(final=False)`, when
+    given, is called every `every` seconds while workers run, and once with final=True at the end."""
+    if tick is not None:
+        try:
+            while (running := next((p for p in procs if p.poll() is None), None)) is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    running.wait(timeout=every)
+                tick()
+        finally:
+            tick(final=True)
     worst = 0
     for i, p in enumerate(procs, start=1):
         rc = p.wait()
@@ -883,7 +926,7 @@ def spawn_workers(study_ref: str, n: int, session: Session, workers_per_gpu: int
                 cmd += ["--first-seeds", str(session.first_seeds)]
             procs.append(subprocess.Popen(cmd, env=env, start_new_session=own))
         with _pass_job_control(procs) if own else contextlib.nullcontext():
-            return wait_workers(procs)
+            return wait_workers(procs, _progress_bar(session, len(procs)))
     except BaseException:  # interrupted (or SIGTERM): stop the workers, wait for them to mark their trials
         for p in procs:
             if p.poll() is None:

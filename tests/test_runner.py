@@ -93,6 +93,22 @@ def test_two_workers_at_once_no_duplicates(tmp_path):
     check_counts(session(study, out))
 
 
+def test_two_workers_show_one_bar_of_the_study_cells(tmp_path, capfd):
+    """The workers' own bars are off; the run shows the study's finished cells, read from the storage."""
+    from ablate.runner import prepare, study_progress
+
+    study = write_study(tmp_path)
+    out = tmp_path / "out"
+    s = session(study, out)
+    prepare(s)
+    assert study_progress(s) == (0, 4)
+    assert main(["run", str(study), "--out", str(out), "--workers", "2", "--no-summary"]) == 0
+    err = capfd.readouterr().err
+    assert "faults (2 workers)" in err and "4/4" in err
+    st = status(s)
+    assert study_progress(s) == (st["cells_complete"], st["cells"]) == (4, 4)
+
+
 def test_sigkill_mid_trial_then_rerun_completes_exactly(tmp_path):
     study = write_study(tmp_path)
     out = tmp_path / "out"
@@ -181,6 +197,12 @@ def test_first_seeds_runs_whole_paired_seeds_and_a_later_run_adds_the_rest(tmp_p
     assert sorted(s.study.cells[t.system_attrs["fixed_params"]["cell"]][1] for t in deferred) == [2, 2]
     assert all(t.user_attrs["fail_kind"] == "killed" for t in deferred)
     assert not [t for t in trials if t.state.name in ("WAITING", "RUNNING")]  # nothing of seed 2 left queued
+    # the run's progress bar counted the cells in its scope: all 4 of seeds 0 and 1 (4 of the study's 6)
+    import dataclasses
+
+    from ablate.runner import study_progress
+
+    assert study_progress(dataclasses.replace(s, first_seeds=2)) == (4, 4) and study_progress(s) == (4, 6)
     # the summary of the limited run pairs the two seeds; the parent run says it stopped before the end
     import pandas as pd
 

@@ -1,6 +1,6 @@
 """How often the demo's table finds its known harm, over reruns with fresh seeds.
 
-    python tools/demo_power.py [--reruns 10] [--seeds-per-run 3] [--workers 2] [--out runs/demo_power]
+    python tools/demo_power.py [--reruns 10] [--seeds-per-run N] [--workers 2] [--out runs/demo_power]
                                [--study studies/quickstart.yaml]
 
 Runs the quickstart study's baseline (`masks_off`) and its known harm (`undertrained`) on `reruns x seeds-per-run`
@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reruns", type=int, default=10)
-    ap.add_argument("--seeds-per-run", type=int, default=3)
+    ap.add_argument("--seeds-per-run", type=int, default=None,
+                    help="seeds in each rerun (default: as many as the study file has, the demo's 5)")
     ap.add_argument("--first-seed", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default="runs/demo_power")
@@ -41,9 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     from ablate.cli import main as ablate_main
 
     out = Path(args.out)
+    raw = yaml.safe_load(Path(args.study).read_text())
+    if args.seeds_per_run is None:
+        args.seeds_per_run = len(raw["seeds"])
     if args.analyse_only:
         return analyse(out, args)
-    raw = yaml.safe_load(Path(args.study).read_text())
     n = args.reruns * args.seeds_per_run
     study = {**raw, "name": "demo_power", "seeds": list(range(args.first_seed, args.first_seed + n)),
              "variants": {k: raw["variants"][k] for k in ("masks_off", "undertrained")},
