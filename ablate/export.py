@@ -82,21 +82,10 @@ def machine() -> dict[str, Any]:
     the speed-relevant CPU flags it has, whether it has bf16 units, and torch's CPU capability and version."""
     from resmasknet import runtime
 
+    cpu = runtime.cpu_identity()
     info: dict[str, Any] = {"system": platform.system(), "machine": platform.machine(),
-                            "python": platform.python_version(), "cpu": None, "cpu_family": None,
-                            "cpu_model": None, "logical_cpus": os.cpu_count()}
-    try:
-        for line in Path(runtime.CPUINFO).read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            key, value = key.strip(), value.strip()
-            if key == "model name" and info["cpu"] is None:
-                info["cpu"] = value
-            elif key == "cpu family" and info["cpu_family"] is None:
-                info["cpu_family"] = value
-            elif key == "model" and info["cpu_model"] is None:
-                info["cpu_model"] = value
-    except OSError:
-        pass
+                            "python": platform.python_version(), "cpu": cpu["name"], "cpu_family": cpu["family"],
+                            "cpu_model": cpu["model"], "logical_cpus": os.cpu_count()}
     flags = runtime.cpu_flags()
     info["cpu_flags"] = sorted(f for f in SPEED_FLAGS if flags and f in flags) if flags is not None else None
     info["bf16_units"] = runtime.cpu_has_bf16()

@@ -420,6 +420,20 @@ def cpu_flags(cpuinfo: str | os.PathLike | None = None) -> frozenset[str] | None
     return frozenset(flags)
 
 
+def cpu_identity(cpuinfo: str | os.PathLike | None = None) -> dict[str, str | None]:
+    """The first CPU's `name` (model name), `family` and `model` (x86) as `cpuinfo` (default /proc/cpuinfo)
+    reports them; None for what it does not say or when it cannot be read."""
+    out: dict[str, str | None] = {"name": None, "family": None, "model": None}
+    keys = {"model name": "name", "cpu family": "family", "model": "model"}
+    with contextlib.suppress(OSError):
+        for line in Path(CPUINFO if cpuinfo is None else cpuinfo).read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            field = keys.get(key.strip())
+            if field and out[field] is None:
+                out[field] = value.strip()
+    return out
+
+
 def describe_device(device: Any = None) -> str:
     """One line naming the hardware behind `device`: "cuda:0 (NVIDIA H200, 139.7 GiB)" or
     "cpu (AMD EPYC family 25 model 1, 2 threads, AVX2)"; the line trial records and `ablate doctor` keep."""
@@ -429,20 +443,10 @@ def describe_device(device: Any = None) -> str:
     if dev.type == "cuda":
         props = torch.cuda.get_device_properties(dev)
         return f"{dev} ({props.name}, {props.total_memory / 2**30:.1f} GiB)"
-    model = family = number = ""
-    with contextlib.suppress(OSError):
-        for line in Path(CPUINFO).read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "model name" and not model:
-                model = value.strip()
-            elif key == "cpu family" and not family:
-                family = value.strip()
-            elif key == "model" and not number:
-                number = value.strip()
-    name = model or "unknown CPU"
-    if family and number:
-        name += f" family {family} model {number}"
+    cpu = cpu_identity()
+    name = cpu["name"] or "unknown CPU"
+    if cpu["family"] and cpu["model"]:
+        name += f" family {cpu['family']} model {cpu['model']}"
     capability = ""
     with contextlib.suppress(Exception):
         capability = ", " + torch.backends.cpu.get_cpu_capability()

@@ -50,6 +50,16 @@ def test_cpu_has_bf16_reads_the_flags(cpuinfo):
     assert "capability" in runtime.cpu_bf16_support(cpuinfo(ZEN3_AVX2))[1]
 
 
+def test_cpu_identity_takes_the_first_cpus_name_family_and_model(cpuinfo):
+    two = ("processor\t: 0\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC 7R13\n\n"
+           "processor\t: 1\ncpu family\t: 99\nmodel\t\t: 9\nmodel name\t: other\n")
+    # "model" and "model name" are told apart, and the first processor's lines win
+    assert runtime.cpu_identity(cpuinfo(two)) == {"name": "AMD EPYC 7R13", "family": "25", "model": "1"}
+    # what the file does not say (Arm has no family or model name) is None, and so is an unreadable file
+    assert runtime.cpu_identity(cpuinfo(ARM_BF16)) == {"name": None, "family": None, "model": None}
+    assert runtime.cpu_identity("/nonexistent/cpuinfo") == {"name": None, "family": None, "model": None}
+
+
 def test_training_falls_back_to_fp32_without_bf16_units(cpuinfo, monkeypatch, caplog, tmp_path):
     import torch
 
